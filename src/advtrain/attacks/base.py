@@ -1,0 +1,252 @@
+"""The attack interface and the guarantees every attack gives.
+
+An attack is configured once from plain keyword arguments and called as
+``attack(model, x, y) -> x_adv``; the model is passed at call time, so one object serves training
+and evaluation. Every attack:
+
+* validates its inputs (finite floats inside ``bounds``, integer labels in range) and raises a
+  ``ValueError``/``TypeError`` that says what to change;
+* computes input gradients only (``torch.autograd.grad``), never ``.backward()`` into parameters;
+* leaves the model exactly as found: parameters, ``.grad``, each module's ``training`` flag,
+  BatchNorm running statistics and ``requires_grad`` flags (see :func:`model_state_guard`);
+* never writes into ``x`` or ``y``; returns a new, detached tensor of the same shape, dtype and
+  device, inside the threat model's ball and box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from advtrain.threat import ThreatModel, check_labels
+
+BNMode = Literal["eval", "train", "train_frozen"]
+BN_MODES: tuple[str, ...] = ("eval", "train", "train_frozen")
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Validates an integer count such as ``steps`` or ``restarts`` (accepts ``5.0``, not ``5.5``).
+
+    Raises:
+        TypeError: If ``value`` is not integral.
+        ValueError: If ``value < minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+@contextlib.contextmanager
+def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
+    """Puts ``model`` in the attack's mode and restores everything on exit.
+
+    Inside the block parameters do not require gradients (so attacks build no parameter graph),
+    and BatchNorm/Dropout behave according to ``bn_mode``:
+
+    * ``"eval"`` (default): the whole model in eval mode; BatchNorm uses running statistics.
+      Deterministic and the usual choice for evaluation and for TRADES-style training.
+    * ``"train"``: the modes the model already has (a training model keeps batch statistics and
+      dropout); BatchNorm running statistics updated by the attack's forward passes are restored.
+    * ``"train_frozen"``: the model in train mode (batch statistics) with the running statistics
+      restored afterwards; the same as ``"train"`` for a model already in train mode.
+
+    On exit each module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad``, and
+    every BatchNorm buffer are exactly as they were on entry, even if the block raised.
+    """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got {bn_mode!r}")
+    modes = [(m, m.training) for m in model.modules()]
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    bn_buffers: list[tuple[Tensor, Tensor]] = []
+    if bn_mode != "eval":
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                for buf in m.buffers(recurse=False):
+                    bn_buffers.append((buf, buf.detach().clone()))
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        if bn_mode == "eval":
+            model.eval()
+        elif bn_mode == "train_frozen":
+            model.train()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, req, g in zip(params, requires, grads):
+            p.requires_grad_(req)
+            p.grad = g
+        with torch.no_grad():
+            for buf, saved in bn_buffers:
+                buf.copy_(saved)
+
+
+class Attack(ABC):
+    """Base class of every attack: ``attack(model, x, y) -> x_adv``.
+
+    Subclasses implement :meth:`perturb`; :meth:`__call__` validates inputs, guards the model's
+    state and detaches the result. Randomness comes from a private ``torch.Generator`` seeded
+    with ``seed`` (per device), whose state is part of :meth:`state_dict` so that a resumed
+    training run draws the same random starts.
+
+    Args:
+        eps: Radius of the perturbation ball, in input units.
+        norm: ``"linf"``, ``"l2"`` (and ``"l1"`` where the attack supports it).
+        bounds: ``(low, high)`` of valid inputs.
+        seed: Seed of the attack's random generator; ``None`` draws from torch's global RNG.
+        bn_mode: BatchNorm/Dropout behaviour during the attack, see :func:`model_state_guard`.
+    """
+
+    #: Norms a subclass supports.
+    supported_norms: tuple[str, ...] = ("linf", "l2")
+    #: A short name used in reports, e.g. ``"pgd-50x5"``.
+    name: str = "attack"
+
+    def __init__(
+        self,
+        eps: float,
+        norm: str = "linf",
+        bounds: Sequence[float] = (0.0, 1.0),
+        seed: int | None = None,
+        bn_mode: BNMode = "eval",
+    ) -> None:
+        if isinstance(norm, str) and norm.lower() not in self.supported_norms:
+            raise ValueError(
+                f"{type(self).__name__} supports norm in {list(self.supported_norms)}, got {norm!r}"
+            )
+        self.threat = ThreatModel(norm=norm, eps=eps, bounds=tuple(bounds))  # type: ignore[arg-type]
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got {bn_mode!r}")
+        self.bn_mode = bn_mode
+        if seed is not None:
+            seed = check_positive_int(seed, "seed", minimum=0)
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    # -- threat-model attributes, settable so schedules can drive them --------------------------
+    @property
+    def eps(self) -> float:
+        """Radius of the perturbation ball (schedulable)."""
+        return self.threat.eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.threat = ThreatModel(norm=self.threat.norm, eps=value, bounds=self.threat.bounds)
+
+    @property
+    def norm(self) -> str:
+        """The threat model's norm."""
+        return self.threat.norm
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The input box ``(low, high)``."""
+        return self.threat.bounds
+
+    # -- randomness -----------------------------------------------------------------------------
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The attack's generator on ``device`` (``None`` when unseeded: global RNG)."""
+        if self.seed is None:
+            return None
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generators[device] = gen
+        return gen
+
+    def reseed(self, seed: int | None) -> None:
+        """Restarts the attack's random stream from ``seed``."""
+        self.seed = seed
+        self._generators.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The attack's mutable state: seed and generator states (for exact resume)."""
+        return {
+            "seed": self.seed,
+            "eps": self.eps,
+            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output."""
+        self.seed = state.get("seed", self.seed)
+        if "eps" in state:
+            self.eps = state["eps"]
+        self._generators.clear()
+        for dev, gen_state in state.get("generators", {}).items():
+            gen = self.generator(torch.device(dev))
+            if gen is not None:
+                gen.set_state(gen_state)
+
+    # -- the call -------------------------------------------------------------------------------
+    def validate(self, x: Tensor, y: Tensor) -> None:
+        """Checks ``x`` (finite floats inside the bounds) and ``y`` (integer labels, one each)."""
+        self.threat.check_inputs(x)
+        check_labels(y, x.shape[0])
+
+    @staticmethod
+    def check_logits(logits: Tensor, y: Tensor) -> None:
+        """Checks the model's output against the labels on the attack's first forward pass."""
+        if not isinstance(logits, Tensor):
+            raise ValueError(
+                f"the model must return a logits tensor of shape (batch, num_classes), got a "
+                f"{type(logits).__name__}; wrap it so that forward returns only the logits"
+            )
+        if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"the model must return logits of shape (batch, num_classes), got "
+                f"{tuple(logits.shape)} for a batch of {y.shape[0]}"
+            )
+        check_labels(y, y.shape[0], num_classes=logits.shape[1])
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Returns adversarial examples for ``model`` at ``(x, y)``; see the module docstring."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.validate(x, y)
+        if self.eps == 0:
+            return x.detach().clone()
+        # Attacks need autograd even when called from validation under ``torch.inference_mode``.
+        with torch.inference_mode(False), torch.enable_grad(), model_state_guard(
+            model, self.bn_mode
+        ):
+            x_in = x.detach().clone() if x.is_inference() else x.detach()
+            y_in = y.detach().clone() if y.is_inference() else y.detach()
+            x_adv = self.perturb(model, x_in, y_in)
+        return x_adv.detach()
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Computes adversarial examples; ``model`` is already in the attack's mode."""
+
+    def extra_repr(self) -> str:
+        """Extra fields shown by :meth:`__repr__`."""
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self.extra_repr()
+        return (
+            f"{type(self).__name__}(eps={self.eps:.6g}, norm={self.norm!r}, bounds={self.bounds}"
+            + (f", {extra}" if extra else "")
+            + ")"
+        )

@@ -1,0 +1,6 @@
+"""Lightning callbacks: adversarial training on the fly and robust/certified evaluation."""
+
+from advtrain.callbacks.adversarial_training import AdversarialTraining
+from advtrain.callbacks.robust_evaluation import RobustEvaluation
+
+__all__ = ["AdversarialTraining", "RobustEvaluation"]

@@ -1,0 +1,318 @@
+"""``AdversarialTraining``: turns an unmodified LightningModule into an adversarially trained one.
+
+The callback wraps the module's ``training_step`` for the duration of ``fit``. For every training
+batch it finds the inputs and targets, generates adversarial examples on the fly with the
+*unwrapped* module (never the DDP wrapper) and then either
+
+* hands the user's own ``training_step`` the same batch with its inputs replaced (an attack,
+  e.g. :class:`~advtrain.attacks.PGD` for Madry et al. 2018 PGD-AT or
+  :class:`~advtrain.attacks.FGSM` with a random start for Wong et al. 2020 Fast-AT), or
+* replaces the training loss by a loss wrapper such as
+  :class:`~advtrain.losses.TRADESLoss` (``loss(module, x, y) -> (loss, logs)``), for methods whose
+  objective is not "cross-entropy on perturbed inputs". The module's ``forward`` is then taken to
+  be the classifier returning logits (checked on the first batch).
+
+Attack and loss attributes (``eps``, ``alpha``, ``steps``, ``beta``, ``kappa``, ``sigma``…) follow
+:mod:`advtrain.schedules` as functions of training progress and are logged as ``adv/<name>``.
+Random starts are seeded per rank and per step from ``seed``, so a resumed run draws the same
+perturbations at the same step and DDP ranks draw different ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from advtrain.attacks.base import Attack, model_state_guard
+from advtrain.callbacks.batch import Key, replace_inputs, split_batch
+from advtrain.schedules.base import Progress, Schedule
+from advtrain.threat import ThreatModel
+
+
+def training_progress(trainer: pl.Trainer, batch_idx: int) -> Progress:
+    """The current :class:`Progress` of ``trainer`` at ``batch_idx`` of the running epoch."""
+    n_batches = trainer.num_training_batches
+    if not isinstance(n_batches, (int, float)) or n_batches in (0, float("inf")):
+        n_batches = max(batch_idx + 1, 1)
+    epoch = trainer.current_epoch + batch_idx / n_batches
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        fraction = epoch / trainer.max_epochs
+    elif trainer.max_steps and trainer.max_steps > 0:
+        fraction = trainer.global_step / trainer.max_steps
+    else:
+        fraction = 0.0
+    return Progress(step=trainer.global_step, epoch=epoch, fraction=min(max(fraction, 0.0), 1.0))
+
+
+def step_seed(seed: int, rank: int, step: int, batch_idx: int) -> int:
+    """A 63-bit seed unique to ``(seed, rank, step, batch)``; independent streams per rank."""
+    digest = hashlib.blake2b(f"{seed}:{rank}:{step}:{batch_idx}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def _resolve_attribute(target: Any, name: str) -> tuple[Any, str]:
+    """Finds the object that owns attribute ``name`` (dotted paths allowed).
+
+    A bare name missing on ``target`` is looked up on ``target.attack`` (a loss wrapper's inner
+    attack), so ``{"eps": ...}`` drives TRADES's inner attack.
+    """
+    parts = name.split(".")
+    obj = target
+    for part in parts[:-1]:
+        obj = getattr(obj, part)
+    attr = parts[-1]
+    if not hasattr(obj, attr) and len(parts) == 1 and hasattr(obj, "attack"):
+        obj = obj.attack
+    if not hasattr(obj, attr):
+        raise AttributeError(attr)
+    return obj, attr
+
+
+def _schedulable_names(target: Any) -> list[str]:
+    names = {
+        n
+        for n in dir(target)
+        if not n.startswith("_") and isinstance(getattr(target, n, None), (int, float))
+    }
+    inner = getattr(target, "attack", None)
+    if isinstance(inner, Attack):
+        names |= {f"attack.{n}" for n in _schedulable_names(inner)}
+    return sorted(n for n in names if not isinstance(getattr(target, n, None), bool))
+
+
+class AdversarialTraining(pl.Callback):
+    """Adversarial training for an unmodified LightningModule, generated on the fly per batch.
+
+    Example:
+        >>> from advtrain.attacks import PGD
+        >>> from advtrain.schedules import Linear
+        >>> cb = AdversarialTraining(PGD(eps=8/255, steps=7),
+        ...                          schedules={"eps": Linear(0.0, 8/255, ramp_epochs=10)})
+
+    Args:
+        attack: An :class:`~advtrain.attacks.Attack`; the user's ``training_step`` then sees
+            adversarial inputs (PGD-AT, Fast-AT with ``FGSM(random_start=True)``).
+        loss: Instead of ``attack``, a loss wrapper ``loss(module, x, y) -> (loss, logs)`` that
+            replaces the module's training loss (TRADES, MART, IBP, Gaussian noise…). Requires
+            the module's ``forward`` to return logits of shape ``(batch, classes)``.
+        schedules: Attribute name → :class:`~advtrain.schedules.Schedule`, applied to the attack
+            (or the loss wrapper; a bare name missing there is looked up on its ``attack``).
+        fraction: Fraction of each batch replaced by adversarial examples, in (0, 1]
+            (attack mode only; the rest stays clean).
+        input_key: Where the inputs are in a batch: an index for tuples/lists, a key for dicts.
+        target_key: Where the integer class labels are.
+        seed: Seed of the attack's random starts; ``None`` takes torch's initial seed at ``fit``
+            (what ``seed_everything`` set). Each rank and step gets its own stream.
+        log_prefix: Prefix of the logged scheduled values and loss logs.
+    """
+
+    def __init__(
+        self,
+        attack: Attack | None = None,
+        loss: Any = None,
+        schedules: Mapping[str, Schedule] | None = None,
+        fraction: float = 1.0,
+        input_key: Key = 0,
+        target_key: Key = 1,
+        seed: int | None = None,
+        log_prefix: str = "adv/",
+    ) -> None:
+        super().__init__()
+        if (attack is None) == (loss is None):
+            raise MisconfigurationException(
+                "AdversarialTraining needs exactly one of attack= (inputs replaced, your "
+                "training_step unchanged) or loss= (a loss wrapper such as TRADESLoss)"
+            )
+        if attack is not None and not isinstance(attack, Attack):
+            raise MisconfigurationException(
+                f"attack must be an advtrain Attack (e.g. advtrain.attacks.PGD), got "
+                f"{type(attack).__name__}"
+            )
+        if loss is not None and not callable(loss):
+            raise MisconfigurationException(
+                f"loss must be callable as loss(module, x, y) -> (loss, logs), got {loss!r}"
+            )
+        try:
+            fraction = float(fraction)
+        except (TypeError, ValueError):
+            raise MisconfigurationException(f"fraction must be a number, got {fraction!r}") from None
+        if not 0.0 < fraction <= 1.0:
+            raise MisconfigurationException(f"fraction must lie in (0, 1], got {fraction}")
+        if loss is not None and fraction != 1.0:
+            raise MisconfigurationException("fraction applies to attack= only, not to loss=")
+        self.attack = attack
+        self.loss = loss
+        self.target: Any = attack if attack is not None else loss
+        self.fraction = fraction
+        self.input_key = input_key
+        self.target_key = target_key
+        self.seed = seed
+        self.log_prefix = log_prefix
+        self.schedules: dict[str, Schedule] = {}
+        for name, schedule in dict(schedules or {}).items():
+            if not isinstance(schedule, Schedule):
+                raise MisconfigurationException(
+                    f"schedules[{name!r}] must be an advtrain.schedules.Schedule, got "
+                    f"{type(schedule).__name__}"
+                )
+            try:
+                _resolve_attribute(self.target, str(name))
+            except AttributeError:
+                raise MisconfigurationException(
+                    f"schedules names {name!r}, which {type(self.target).__name__} does not have; "
+                    f"schedulable attributes: {_schedulable_names(self.target)}"
+                ) from None
+            self.schedules[str(name)] = schedule
+        self._original_step: Any = None
+        self._module: pl.LightningModule | None = None
+        self._checked_output = False
+        self._seed_value = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._seed_value = int(self.seed) if self.seed is not None else torch.initial_seed()
+        if getattr(pl_module.training_step, "_advtrain_wrapped", False):
+            raise MisconfigurationException(
+                "the module's training_step is already wrapped by another AdversarialTraining "
+                "callback; use one per Trainer"
+            )
+        self._original_step = pl_module.training_step
+        self._module = pl_module
+        callback = self
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return callback._training_step(*args, **kwargs)
+
+        training_step._advtrain_wrapped = True  # type: ignore[attr-defined]
+        pl_module.training_step = training_step  # type: ignore[method-assign]
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._original_step is not None:
+            if "training_step" in vars(pl_module):
+                del pl_module.training_step
+            self._original_step = None
+            self._module = None
+
+    # -- per batch ------------------------------------------------------------------------------
+    def _apply_schedules(self, trainer: pl.Trainer, batch_idx: int) -> dict[str, float]:
+        values: dict[str, float] = {}
+        if not self.schedules:
+            return values
+        progress = training_progress(trainer, batch_idx)
+        for name, schedule in self.schedules.items():
+            owner, attr = _resolve_attribute(self.target, name)
+            value = schedule(progress)
+            current = getattr(owner, attr)
+            if isinstance(current, int) and not isinstance(current, bool):
+                value = round(value)
+            setattr(owner, attr, value)
+            values[name] = float(value)
+        return values
+
+    def _reseed(self, trainer: pl.Trainer, batch_idx: int) -> torch.Generator:
+        seed = step_seed(self._seed_value, trainer.global_rank, trainer.global_step, batch_idx)
+        for obj in (self.target, getattr(self.target, "attack", None)):
+            if isinstance(obj, Attack):
+                obj.reseed(seed)
+        if hasattr(self.target, "reseed") and not isinstance(self.target, Attack):
+            self.target.reseed(seed)
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+        return gen
+
+    def _check_output(self, module: pl.LightningModule, x: Tensor) -> None:
+        if self._checked_output:
+            return
+        with torch.no_grad(), model_state_guard(module, "eval"):
+            out = module(x[:2])
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != min(2, x.shape[0]):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise MisconfigurationException(
+                f"AdversarialTraining needs the module's forward to return logits of shape "
+                f"(batch, classes); it returned {shape}. Make forward(x) return the classifier's "
+                "logits (and keep any other outputs out of forward)"
+            )
+        self._checked_output = True
+
+    def _training_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
+        module = self._module
+        assert module is not None and self._original_step is not None
+        trainer = module.trainer
+        x, y = split_batch(batch, self.input_key, self.target_key)
+        values = self._apply_schedules(trainer, batch_idx)
+        gen = self._reseed(trainer, batch_idx)
+        self._check_output(module, x)
+        for name, value in values.items():
+            module.log(self.log_prefix + name, value, on_step=True, on_epoch=False)
+        if self.loss is not None:
+            loss, logs = self.loss(module, x, y)
+            for name, value in (logs or {}).items():
+                module.log(
+                    self.log_prefix + name, value, on_step=False, on_epoch=True, sync_dist=True
+                )
+            return loss
+        if self.fraction < 1.0:
+            k = max(1, round(self.fraction * x.shape[0]))
+            idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
+            x_new = x.clone()
+            x_new[idx] = self.attack(module, x[idx], y[idx])  # type: ignore[misc]
+        else:
+            x_new = self.attack(module, x, y)  # type: ignore[misc]
+        return self._original_step(
+            replace_inputs(batch, self.input_key, x_new), batch_idx, *args, **kwargs
+        )
+
+    def final_threat(self, trainer: pl.Trainer | None = None) -> ThreatModel | None:
+        """The threat model training ends at: the scheduled ``eps`` at the end of the run.
+
+        Returns ``None`` when neither the attack nor the loss wrapper has a threat model.
+        """
+        owner = self.target if hasattr(self.target, "threat") else getattr(self.target, "attack", None)
+        threat = getattr(owner, "threat", None)
+        if threat is None:
+            return None
+        eps = threat.eps
+        for name, schedule in self.schedules.items():
+            if name.split(".")[-1] == "eps":
+                end = Progress(fraction=1.0)
+                if trainer is not None:
+                    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0
+                    if not steps:
+                        try:
+                            steps = int(trainer.estimated_stepping_batches)
+                        except Exception:  # noqa: BLE001 - before the loaders exist
+                            steps = 0
+                    end = Progress(step=steps, epoch=float(trainer.max_epochs or 0), fraction=1.0)
+                eps = schedule.value_at(end.in_unit(schedule.unit))
+        return ThreatModel(norm=threat.norm, eps=eps, bounds=threat.bounds)
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "schedules": {name: s.state_dict() for name, s in self.schedules.items()},
+            "seed": self._seed_value,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("schedules", {})
+        if set(saved) != set(self.schedules):
+            raise MisconfigurationException(
+                f"the checkpoint schedules {sorted(saved)} but this run schedules "
+                f"{sorted(self.schedules)}; resume with the same configuration"
+            )
+        for name, state in saved.items():
+            try:
+                self.schedules[name].load_state_dict(state)
+            except ValueError as err:
+                raise MisconfigurationException(str(err)) from None
+        if self.seed is None and "seed" in state_dict:
+            # setup() ran before this restore; keep the original run's seed stream.
+            self._seed_value = int(state_dict["seed"])

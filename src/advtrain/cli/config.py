@@ -1,0 +1,67 @@
+"""Hydra plumbing shared by the console scripts: resolvers, value coercion, composition."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+def register_resolvers() -> None:
+    """Registers ``${div:a,b}`` and ``${mul:a,b}`` (idempotent)."""
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+
+
+def parse_fraction(value: Any) -> Any:
+    """``"8/255"`` → ``0.031372…``; anything else is returned unchanged."""
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        if match:
+            denominator = float(match.group(2))
+            if denominator == 0:
+                raise ValueError(f"division by zero in {value!r}")
+            return float(match.group(1)) / denominator
+    return value
+
+
+def coerce_fractions(cfg: DictConfig | ListConfig) -> None:
+    """Turns string fractions such as ``attack.eps=8/255`` into floats, in place."""
+    items = cfg.items() if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for key, _ in list(items):
+        node = cfg._get_node(key)  # type: ignore[union-attr]
+        if node is None or (hasattr(node, "_is_interpolation") and node._is_interpolation()):
+            continue
+        value = cfg[key]
+        if isinstance(value, (DictConfig, ListConfig)):
+            coerce_fractions(value)
+        else:
+            new = parse_fraction(value)
+            if new is not value:
+                cfg[key] = new
+
+
+def compose(
+    config_name: str = "train", overrides: Sequence[str] = (), output_dir: str | None = None
+) -> DictConfig:
+    """Composes a config from the packaged ``conf/`` exactly as the console script does.
+
+    For programmatic use and tests: ``run(compose(overrides=["trainer.max_epochs=2"],
+    output_dir=tmp))``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    extra = [f"output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+    return cfg

@@ -1,0 +1,3 @@
+def main() -> None:
+    """Console entry point ``advtrain-eval`` (grows with the evaluation issues)."""
+    raise SystemExit("advtrain-eval: not implemented yet")

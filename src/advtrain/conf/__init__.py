@@ -1,0 +1,1 @@
+"""Packaged Hydra configs (groups and recipes) for advtrain-train and advtrain-eval."""

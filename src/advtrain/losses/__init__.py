@@ -1,0 +1,9 @@
+"""advtrain.losses."""
+
+from advtrain.losses.adversarial import AdversarialLoss
+from advtrain.losses.base import TrainingLoss
+from advtrain.losses.mart import MARTLoss
+from advtrain.losses.noise import GaussianNoiseLoss
+from advtrain.losses.trades import TRADESLoss
+
+__all__ = ["AdversarialLoss", "GaussianNoiseLoss", "MARTLoss", "TRADESLoss", "TrainingLoss"]
