@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.autoattack import AutoAttackResult
+from advtrain.attacks.autoattack import AutoAttack, AutoAttackResult
 from advtrain.attacks.base import model_state_guard
 from advtrain.threat import check_labels
 
@@ -179,7 +179,8 @@ def _progress(iterable: Iterable[Any], total: int | None, enabled: bool) -> Iter
         for i, item in enumerate(iterable):
             yield item
             print(
-                f"[evaluate_attacks] batch {i + 1}" + (f"/{total}" if total else "")
+                f"[evaluate_attacks] batch {i + 1}"
+                + (f"/{total}" if total else "")
                 + f" ({time.perf_counter() - start:.1f} s)",
                 file=sys.stderr,
             )
@@ -201,6 +202,17 @@ def _expand_aa(result: AutoAttackResult, idx: Tensor, n: int) -> AutoAttackResul
         robust_after={k: full(v) for k, v in result.robust_after.items()},
         robust=full(result.robust),
         seconds=dict(result.seconds),
+    )
+
+
+def _no_examples(attacks: tuple[str, ...]) -> AutoAttackResult:
+    empty = torch.zeros(0, dtype=torch.bool)
+    return AutoAttackResult(
+        attacks=attacks,
+        clean_correct=empty,
+        robust_after={a: empty for a in attacks},
+        robust=empty,
+        seconds={a: 0.0 for a in attacks},
     )
 
 
@@ -282,6 +294,11 @@ def evaluate_attacks(
         if n_examples is not None:
             x, y = x[: n_examples - seen], y[: n_examples - seen]
         check_labels(y, x.shape[0])
+        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                "inputs must be finite floating-point tensors (no NaN/inf, no integer pixels: "
+                "scale images with x.float() / 255)"
+            )
         x = x.to(run_device)
         y = y.to(run_device)
         seen += x.shape[0]
@@ -309,10 +326,14 @@ def evaluate_attacks(
                 with torch.no_grad(), model_state_guard(model, "eval"):
                     mask[idx] = model(x_adv).argmax(1) == y[idx]
                 result = getattr(attack, "last_result", None)
-                if isinstance(result, AutoAttackResult):
+                if isinstance(attack, AutoAttack) and isinstance(result, AutoAttackResult):
                     aa_details.setdefault(name, []).append(
                         _expand_aa(result, idx.cpu(), x.shape[0])
                     )
+            elif isinstance(attack, AutoAttack):  # nothing to attack in this batch
+                aa_details.setdefault(name, []).append(
+                    _expand_aa(_no_examples(attack.attack_names), idx.cpu(), x.shape[0])
+                )
             robust[name].append(mask.cpu())
             seconds[name] += time.perf_counter() - t0
 
@@ -325,8 +346,7 @@ def evaluate_attacks(
         worst &= mask
     details: dict[str, Any] = {}
     for name, parts in aa_details.items():
-        if len(parts) == len(labels):  # every batch had clean-correct examples
-            details[name] = AutoAttackResult.concat(parts)
+        details[name] = AutoAttackResult.concat(parts)
     return EvaluationResult(
         labels=torch.cat(labels),
         clean_correct=clean_all,

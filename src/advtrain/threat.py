@@ -51,7 +51,9 @@ def check_eps(eps: float, name: str = "eps") -> float:
     if not math.isfinite(eps):
         raise ValueError(f"{name} must be finite, got {eps}")
     if eps < 0:
-        raise ValueError(f"{name} must be >= 0, got {eps}; pass the radius of the perturbation ball")
+        raise ValueError(
+            f"{name} must be >= 0, got {eps}; pass the radius of the perturbation ball"
+        )
     return eps
 
 
@@ -128,9 +130,9 @@ def project_l1_box(delta: Tensor, x: Tensor, eps: Tensor, low: float, high: floa
     bp_sorted, _ = bp.sort(dim=1)
 
     def l1_at(lam: Tensor) -> Tensor:
-        return torch.minimum((a.unsqueeze(1) - lam.unsqueeze(2)).clamp_min(0), cap.unsqueeze(1)).sum(
-            dim=2
-        )
+        return torch.minimum(
+            (a.unsqueeze(1) - lam.unsqueeze(2)).clamp_min(0), cap.unsqueeze(1)
+        ).sum(dim=2)
 
     # Evaluate the budget at every breakpoint (vectorised); memory O(batch · 2n · n) is avoided by
     # a binary search over the sorted breakpoints instead.
@@ -151,9 +153,9 @@ def project_l1_box(delta: Tensor, x: Tensor, eps: Tensor, low: float, high: floa
     f_right = l1_at(right.unsqueeze(1)).squeeze(1)
     f_left = l1_at(left.unsqueeze(1)).squeeze(1)
     slope = (f_left - f_right) / (right - left).clamp_min(1e-12)
-    lam = torch.where(
-        f_left <= eps, left, right - (eps - f_right) / slope.clamp_min(1e-12)
-    ).clamp(min=left, max=right)
+    lam = torch.where(f_left <= eps, left, right - (eps - f_right) / slope.clamp_min(1e-12)).clamp(
+        min=left, max=right
+    )
     proj = torch.minimum((a - lam.unsqueeze(1)).clamp_min(0), cap) * d.sign()
     out = torch.where(within.unsqueeze(1), boxed * d.sign(), proj)
     return out.view(shape)
@@ -226,7 +228,7 @@ class ThreatModel:
             n = _flat_norm(grad, "l2").clamp_min(1e-12)
             return grad / _view(n, grad)
         flat = grad.flatten(1)
-        k = max(1, int(round((1.0 - sparsity) * flat.shape[1])))
+        k = max(1, round((1.0 - sparsity) * flat.shape[1]))
         thresh = flat.abs().topk(k, dim=1).values[:, -1:]
         step = torch.where(flat.abs() >= thresh, flat.sign(), torch.zeros_like(flat))
         step = step / step.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -258,7 +260,7 @@ class ThreatModel:
         return self.project((x + delta).clamp(low, high), x)
 
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Per-example distance ``||x_adv - x||`` in this threat model's norm, shape ``(batch,)``."""
+        """Per-example distance ``||x_adv - x||`` in the threat model's norm, shape ``(batch,)``."""
         return _flat_norm(x_adv - x, self.norm)
 
     def contains(self, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
@@ -285,7 +287,9 @@ def check_input_batch(x: Tensor, bounds: Sequence[float] | None, name: str = "x"
             "x.float() / 255 so they lie in bounds"
         )
     if x.dim() < 2:
-        raise ValueError(f"{name} must have a batch dimension (batch, ...), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have a batch dimension (batch, ...), got shape {tuple(x.shape)}"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     if not bool(torch.isfinite(x).all()):

@@ -1,5 +1,7 @@
 """Adversarial attacks: ``attack(model, x, y) -> x_adv`` with the guarantees of :mod:`.base`."""
 
+from advtrain.attacks.apgd import APGD
+from advtrain.attacks.autoattack import AutoAttack, AutoAttackResult
 from advtrain.attacks.base import Attack, model_state_guard
 from advtrain.attacks.checks import SanityFlag, check_model, check_results, run_sanity_checks
 from advtrain.attacks.fab import FAB
@@ -8,10 +10,13 @@ from advtrain.attacks.square import Square
 from advtrain.attacks.trades import TRADESAttack
 
 __all__ = [
+    "APGD",
     "FAB",
     "FGSM",
     "PGD",
     "Attack",
+    "AutoAttack",
+    "AutoAttackResult",
     "SanityFlag",
     "Square",
     "TRADESAttack",

@@ -292,6 +292,10 @@ class APGD(Attack):
                 loss_best = torch.where(better, loss, loss_best)
                 if last:
                     break
+                # Every example is misclassified: nothing left to gain (checked at checkpoints
+                # only, to keep host syncs out of the inner loop).
+                if i + 1 in marks and bool(fooled.all()):
+                    break
                 assert grad is not None and grad_best is not None
                 grad_best = torch.where(_view(better, x), grad, grad_best)
 

@@ -89,7 +89,7 @@ def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Mo
     finally:
         for m, training in modes:
             m.training = training
-        for p, req, g in zip(params, requires, grads):
+        for p, req, g in zip(params, requires, grads, strict=True):
             p.requires_grad_(req)
             p.grad = g
         with torch.no_grad():
@@ -227,8 +227,10 @@ class Attack(ABC):
         if self.eps == 0:
             return x.detach().clone()
         # Attacks need autograd even when called from validation under ``torch.inference_mode``.
-        with torch.inference_mode(False), torch.enable_grad(), model_state_guard(
-            model, self.bn_mode
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            model_state_guard(model, self.bn_mode),
         ):
             x_in = x.detach().clone() if x.is_inference() else x.detach()
             y_in = y.detach().clone() if y.is_inference() else y.detach()

@@ -95,10 +95,9 @@ class PGD(Attack):
         """One restart from a random (or the clean) point; returns the final iterate."""
         threat = self.threat
         alpha = self.alpha
-        if self.random_start:
-            x_adv = threat.random_start(x, self.generator(x.device))
-        else:
-            x_adv = x.clone()
+        x_adv = (
+            threat.random_start(x, self.generator(x.device)) if self.random_start else x.clone()
+        )
         for step in range(self.steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)

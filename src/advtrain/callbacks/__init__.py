@@ -1,6 +1,13 @@
 """Lightning callbacks: adversarial training on the fly and robust/certified evaluation."""
 
 from advtrain.callbacks.adversarial_training import AdversarialTraining
+from advtrain.callbacks.free import FreeAdversarialTraining
+from advtrain.callbacks.guard import CatastrophicOverfittingGuard
 from advtrain.callbacks.robust_evaluation import RobustEvaluation
 
-__all__ = ["AdversarialTraining", "RobustEvaluation"]
+__all__ = [
+    "AdversarialTraining",
+    "CatastrophicOverfittingGuard",
+    "FreeAdversarialTraining",
+    "RobustEvaluation",
+]

@@ -141,7 +141,9 @@ class AdversarialTraining(pl.Callback):
         try:
             fraction = float(fraction)
         except (TypeError, ValueError):
-            raise MisconfigurationException(f"fraction must be a number, got {fraction!r}") from None
+            raise MisconfigurationException(
+                f"fraction must be a number, got {fraction!r}"
+            ) from None
         if not 0.0 < fraction <= 1.0:
             raise MisconfigurationException(f"fraction must lie in (0, 1], got {fraction}")
         if loss is not None and fraction != 1.0:
@@ -275,7 +277,9 @@ class AdversarialTraining(pl.Callback):
 
         Returns ``None`` when neither the attack nor the loss wrapper has a threat model.
         """
-        owner = self.target if hasattr(self.target, "threat") else getattr(self.target, "attack", None)
+        owner = (
+            self.target if hasattr(self.target, "threat") else getattr(self.target, "attack", None)
+        )
         threat = getattr(owner, "threat", None)
         if threat is None:
             return None
@@ -288,7 +292,7 @@ class AdversarialTraining(pl.Callback):
                     if not steps:
                         try:
                             steps = int(trainer.estimated_stepping_batches)
-                        except Exception:  # noqa: BLE001 - before the loaders exist
+                        except Exception:
                             steps = 0
                     end = Progress(step=steps, epoch=float(trainer.max_epochs or 0), fraction=1.0)
                 eps = schedule.value_at(end.in_unit(schedule.unit))

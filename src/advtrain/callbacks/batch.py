@@ -1,4 +1,4 @@
-"""Finding inputs and targets in a user's batch and rebuilding it, without touching their tensors."""
+"""Finding inputs and targets in a user's batch and rebuilding it without touching its tensors."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def split_batch(batch: Any, input_key: Key, target_key: Key) -> tuple[Tensor, Te
 
 
 def replace_inputs(batch: Any, input_key: Key, new_x: Tensor) -> Any:
-    """A shallow copy of ``batch`` with the inputs replaced (the original container is untouched)."""
+    """A shallow copy of ``batch`` with the inputs replaced; the original container is untouched."""
     if isinstance(batch, Mapping):
         out = dict(batch)
         out[input_key] = new_x

@@ -151,7 +151,8 @@ class RobustEvaluation(pl.Callback):
             if float(total) > 0:
                 self.last_value = float(correct) / float(total)
         if self.last_value is not None:
-            pl_module.log(self.monitor, self.last_value, prog_bar=True, sync_dist=False)
+            # Already summed across ranks: every rank logs the same value.
+            pl_module.log(self.monitor, self.last_value, prog_bar=True, sync_dist=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_value": self.last_value}

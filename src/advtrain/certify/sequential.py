@@ -8,11 +8,13 @@ the test that stops drawing samples as soon as the answer at a requested radius 
 
 The sequential test (not in the reference implementation) looks at the counts after a fixed,
 geometric schedule of sample sizes ``n_1 < n_2 < ... < n_K = n`` (:func:`look_schedule`) and spends
-the error budget by Bonferroni: look ``k`` uses the exact Clopper–Pearson bounds at level
-``alpha / K``. Because each bound is exact at its own fixed sample size, a union bound gives, for
-*any* dependence between the looks,
+the error budget by Bonferroni: look ``k`` uses the exact Clopper–Pearson bounds at a level
+``alpha_k`` fixed in advance with ``sum_k alpha_k = alpha`` (by default half of ``alpha`` on the
+final look, so the full-budget decision is nearly as powerful as the one-look test, and the other
+half split evenly over the early looks). Because each bound is exact at its own fixed sample
+size, a union bound gives, for *any* dependence between the looks,
 
-    P(L_k <= pA  for every look k)  >=  1 - sum_k alpha / K  =  1 - alpha,
+    P(L_k <= pA  for every look k)  >=  1 - sum_k alpha_k  =  1 - alpha,
 
 so whatever rule decides when to stop, the lower bound ``L_τ`` reported at the stopping look
 ``τ`` is below ``pA`` with probability at least ``1 - alpha``, and the radius
@@ -107,25 +109,37 @@ def look_schedule(n: int, first: int = 64, growth: float = 2.0) -> tuple[int, ..
 class SequentialTest:
     """Group-sequential test of ``pA >= Φ(r/σ)`` with a Bonferroni split of ``alpha``.
 
-    At look ``k`` (``n_k`` samples, ``count`` of them in the selected class):
+    Look ``k`` uses the level ``alpha_k`` (:attr:`levels`): ``final_share · alpha`` on the last
+    look and the rest split evenly over the earlier ones (``final_share = 1/K`` is the plain
+    ``alpha / K`` split). At look ``k`` (``n_k`` samples, ``count`` of them in the selected class):
 
-    * **certified** when the lower bound ``L_k`` at level ``alpha/K`` satisfies ``L_k > 1/2`` and
+    * **certified** when the lower bound ``L_k`` at level ``alpha_k`` satisfies ``L_k > 1/2`` and
       ``L_k >= Φ(r/σ)`` — the radius ``σ·Φ⁻¹(L_k)`` is then at least ``r``;
-    * **not certified** (futility) when the upper bound at level ``alpha/K`` is below the target,
-      or when even a selected class in every remaining sample could not lift the final bound
-      to the target; stopping for futility only removes chances to certify, so it cannot
+    * **not certified** (futility) when the upper bound at level ``alpha_k`` is below the
+      target, or when even a selected class in every remaining sample could not lift the final
+      bound to the target; stopping for futility only removes chances to certify, so it cannot
       raise the false-certification rate;
     * otherwise continue; the last look (``n_K = n``) always decides.
 
     Attributes:
         looks: The fixed schedule of sample sizes (:func:`look_schedule`).
-        alpha: Total error level; each look uses ``alpha / len(looks)``.
-        target: The probability threshold ``max(Φ(r/σ), 1/2)``.
+        alpha: Total error level, ``sum_k alpha_k``.
+        target: The probability threshold ``Φ(r/σ)`` (``>= 1/2``).
+        final_share: Fraction of ``alpha`` spent on the final look, in ``(0, 1]``.
     """
 
     looks: Sequence[int]
     alpha: float
     target: float
+    final_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        looks = tuple(int(k) for k in self.looks)
+        if not looks or looks[0] < 1 or any(b <= a for a, b in zip(looks, looks[1:])):
+            raise ValueError(f"looks must be increasing sample sizes >= 1, got {self.looks!r}")
+        if not 0.0 < self.final_share <= 1.0:
+            raise ValueError(f"final_share must lie in (0, 1], got {self.final_share}")
+        object.__setattr__(self, "looks", looks)
 
     @classmethod
     def for_radius(
@@ -135,19 +149,24 @@ class SequentialTest:
         return cls(looks=tuple(looks), alpha=alpha, target=float(norm.cdf(radius / sigma)))
 
     @property
-    def alpha_per_look(self) -> float:
-        """The Bonferroni level ``alpha / K`` of every look."""
-        return self.alpha / len(self.looks)
+    def levels(self) -> tuple[float, ...]:
+        """The per-look levels ``alpha_k``; they sum to ``alpha``."""
+        k = len(self.looks)
+        if k == 1:
+            return (self.alpha,)
+        early = self.alpha * (1.0 - self.final_share) / (k - 1)
+        return (early,) * (k - 1) + (self.alpha * self.final_share,)
 
     def decide(self, look: int, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decisions after look ``look`` (0-based) for an array of selected-class counts.
 
         Returns:
             ``(decision, lower)``: per entry :data:`CONTINUE`, :data:`CERTIFIED` or
-            :data:`NOT_CERTIFIED`, and the lower bound ``L_k`` at level ``alpha / K``.
+            :data:`NOT_CERTIFIED`, and the lower bound ``L_k`` at level ``alpha_k``.
         """
         n_k = self.looks[look]
-        a = self.alpha_per_look
+        levels = self.levels
+        a = levels[look]
         count = np.asarray(count, dtype=np.int64)
         lower = pa_lower_bound(count, n_k, a)
         certified = (lower > 0.5) & (lower >= self.target)
@@ -155,7 +174,7 @@ class SequentialTest:
             decision = np.where(certified, CERTIFIED, NOT_CERTIFIED)
             return decision, lower
         n_final = self.looks[-1]
-        best_final = pa_lower_bound(count + (n_final - n_k), n_final, a)
+        best_final = pa_lower_bound(count + (n_final - n_k), n_final, levels[-1])
         hopeless = (best_final < self.target) | ~(best_final > 0.5)
         futile = hopeless | (pa_upper_bound(count, n_k, a) < self.target)
         decision = np.where(certified, CERTIFIED, np.where(futile, NOT_CERTIFIED, CONTINUE))

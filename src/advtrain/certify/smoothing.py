@@ -360,7 +360,11 @@ class Smooth:
         returned at the stopping look is certified with the same ``1 - alpha`` guarantee as the
         standard mode, whatever the stopping rule. The price is a slightly smaller radius when
         all ``n`` samples are needed (level ``alpha/K`` instead of ``alpha``); the gain is that
-        clear-cut examples stop after a few hundred samples.
+        clear-cut examples stop after a few hundred samples. The radius returned is the one
+        certified at the stopping look, so for examples settled as not certifiable at
+        ``radius`` it is usually smaller than the standard mode's (it may even abstain when
+        ``radius`` is out of reach of ``n`` samples): use the standard mode for a whole
+        accuracy-vs-radius curve, the sequential mode to decide one radius cheaply.
 
         Args:
             x: One example (``(C, H, W)`` or a batch of one).

@@ -43,13 +43,16 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The monitored (best) checkpoint if any, else the most recent one saved."""
+    found: list[str] = []
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(cb, ModelCheckpoint):
-            if cb.best_model_path and Path(cb.best_model_path).exists():
-                return str(cb.best_model_path)
-            if cb.last_model_path and Path(cb.last_model_path).exists():
-                return str(cb.last_model_path)
-    return None
+        if (
+            isinstance(cb, ModelCheckpoint)
+            and cb.best_model_path
+            and Path(cb.best_model_path).exists()
+        ):
+            found.insert(0 if cb.monitor else len(found), str(cb.best_model_path))
+    return found[0] if found else None
 
 
 def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any] | None:

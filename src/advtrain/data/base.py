@@ -48,7 +48,7 @@ def dataset_tensors(dataset: Dataset, limit: int | None = None) -> tuple[Tensor,
     n = len(dataset)  # type: ignore[arg-type]
     if limit is not None:
         n = min(n, int(limit))
-    xs, ys = zip(*(dataset[i] for i in range(n)))
+    xs, ys = zip(*(dataset[i] for i in range(n)), strict=True)
     x = torch.stack([torch.as_tensor(v) for v in xs])
     y = torch.as_tensor([int(v) for v in ys], dtype=torch.long)
     return x, y

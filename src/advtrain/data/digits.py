@@ -76,7 +76,10 @@ class DigitsDataModule(ClassificationDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            num_workers=num_workers,
         )
         self.split = tuple(float(f) for f in split)
         self.split_seed = int(split_seed)

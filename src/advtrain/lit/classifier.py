@@ -53,9 +53,13 @@ class AdversarialClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise MisconfigurationException(f"model must be an nn.Module, got {type(model).__name__}")
+            raise MisconfigurationException(
+                f"model must be an nn.Module, got {type(model).__name__}"
+            )
         if optimizer not in OPTIMIZERS:
-            raise MisconfigurationException(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+            raise MisconfigurationException(
+                f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}"
+            )
         if lr_schedule not in LR_SCHEDULES:
             raise MisconfigurationException(
                 f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}"

@@ -84,9 +84,9 @@ class GaussianNoiseLoss(TrainingLoss):
             noise = torch.randn(
                 x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype
             )
-            x_noisy = x.detach() + self.sigma * noise
+            x_noisy = x + self.sigma * noise
         else:
-            x_noisy = x.detach()
+            x_noisy = x
         logits = self.logits(model, x_noisy, y)
         check_labels(y, x.shape[0], num_classes=logits.shape[1])
         loss = F.cross_entropy(logits, y)

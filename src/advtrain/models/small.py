@@ -49,7 +49,9 @@ class SmallCNN(nn.Sequential):
         h2, w2 = (h + 1) // 2, (w + 1) // 2
         layers: list[nn.Module] = []
         if mean is not None or std is not None:
-            layers.append(Normalize(mean if mean is not None else 0.0, std if std is not None else 1.0))
+            layers.append(
+                Normalize(mean if mean is not None else 0.0, std if std is not None else 1.0)
+            )
         layers += [
             nn.Conv2d(c, width, 3, stride=1, padding=1),
             nn.ReLU(),
@@ -87,7 +89,9 @@ class MLP(nn.Sequential):
         c, h, w = _check_shape(input_shape)
         layers: list[nn.Module] = []
         if mean is not None or std is not None:
-            layers.append(Normalize(mean if mean is not None else 0.0, std if std is not None else 1.0))
+            layers.append(
+                Normalize(mean if mean is not None else 0.0, std if std is not None else 1.0)
+            )
         layers.append(nn.Flatten())
         width = c * h * w
         for units in hidden:

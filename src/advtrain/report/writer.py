@@ -62,7 +62,11 @@ def environment() -> dict[str, Any]:
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{100 * value:.1f}%"
+    )
 
 
 def summary_table(report: Mapping[str, Any], report_path: str | None = None) -> str:
@@ -99,7 +103,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         f"- data: {report.get('data', {}).get('name', 'n/a')}, {report['n_examples']} examples "
         f"(sha256 `{report.get('data_sha256', 'n/a')}`)",
-        f"- threat model: {threat['norm']} eps={threat['eps']:.6g}, bounds {tuple(threat['bounds'])}",
+        f"- threat model: {threat['norm']} eps={threat['eps']:.6g}, "
+        f"bounds {tuple(threat['bounds'])}",
         f"- checkpoint: `{report.get('checkpoint', {}).get('path', 'n/a')}` "
         f"(sha256 `{report.get('checkpoint', {}).get('sha256', 'n/a')}`)",
         f"- config sha256: `{report.get('config_sha256', 'n/a')}`",
@@ -123,7 +128,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_eps_curve(curve: list[Mapping[str, float]], path: str | os.PathLike[str], title: str) -> None:
+def plot_eps_curve(
+    curve: list[Mapping[str, float]], path: str | os.PathLike[str], title: str
+) -> None:
     """Saves robust accuracy against eps as a PNG."""
     import matplotlib
 

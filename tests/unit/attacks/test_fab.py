@@ -61,7 +61,7 @@ def _reference_l2(p: np.ndarray, w: np.ndarray, c: float) -> float | None:
     return float(np.linalg.norm(res.x))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     n=st.integers(1, 8),
@@ -171,8 +171,8 @@ def test_misclassified_inputs_returned_unchanged(
 def test_restarts_deterministic_under_seed(
     std_model: nn.Module, batch: tuple[Tensor, Tensor]
 ) -> None:
-    x, y = batch[0][:64], batch[1][:64]
-    kwargs = {"eps": 0.08, "steps": 10, "restarts": 2, "n_target_classes": 2}
+    x, y = batch[0][:32], batch[1][:32]
+    kwargs = {"eps": 0.08, "steps": 8, "restarts": 2, "n_target_classes": 2}
     a = FAB(seed=3, **kwargs)(std_model, x, y)
     b = FAB(seed=3, **kwargs)(std_model, x, y)
     assert torch.equal(a, b)
@@ -240,7 +240,7 @@ def test_bad_inputs(std_model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         attack(std_model, x, y - 20)
     with pytest.raises(ValueError, match="logits of shape"):
-        attack(nn.Flatten(), x, y)
+        attack(nn.Flatten(0), x, y)
 
 
 def test_names() -> None:
