@@ -51,6 +51,21 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+def _copy_rows_(dst: Tensor, mask: Tensor, src: Tensor) -> Tensor:
+    """``dst[mask] = src[mask]`` in place, for a per-example boolean ``mask``.
+
+    On the CPU only the selected rows are copied (late in a run few examples improve, and
+    finding them costs no device sync); on accelerators a branch-free ``torch.where`` avoids a
+    host sync per iteration.
+    """
+    if dst.device.type == "cpu":
+        idx = mask.nonzero().squeeze(1)
+        if idx.numel():
+            dst.index_copy_(0, idx, src.index_select(0, idx))
+        return dst
+    return torch.where(_view(mask, dst), src, dst, out=dst)
+
+
 class APGD(Attack):
     """Auto-PGD (Croce & Hein, ICML 2020): APGD-CE, APGD-DLR and the targeted APGD-T.
 
@@ -226,9 +241,10 @@ class APGD(Attack):
             return loss.detach(), logits.detach().argmax(1) != y, g
 
         loss, fooled_now, grad = forward(x_adv, need_grad=steps > 0)
-        x_best, loss_best = x_adv, loss
-        grad_best = grad
-        x_out, fooled, loss_out = x_adv, fooled_now, loss
+        # Own buffers, updated in place below.
+        x_best, loss_best = x_adv.clone(), loss
+        grad_best = None if grad is None else grad.clone()
+        x_out, fooled, loss_out = x_adv.clone(), fooled_now, loss
 
         n = x.shape[0]
         n_fts = x[0].numel()
@@ -265,16 +281,18 @@ class APGD(Attack):
                     sparse = sparse / (sparse.abs().sum(1, keepdim=True) + 1e-10)
                     x_new = threat.project(x_adv + _view(step, x) * sparse.view_as(x), x)
                 else:
-                    # x_new = P(x + a (z - x) + (1 - a)(x - x_prev)) = P(lerp(2x - x_prev, z, a))
+                    # x_new = P(x + a (z - x) + (1 - a)(x - x_prev))
+                    #       = P(a z + 2 (1 - a) x - (1 - a) x_prev), computed in place.
                     a = self.momentum if i > 0 else 1.0
                     s = _view(step, x)
                     if linf:
-                        z = torch.addcmul(x_adv, s, grad.sign()).clamp_(lo, hi)
-                        x_new = torch.lerp(x_adv * 2 - x_prev, z, a).clamp_(lo, hi)
+                        z = grad.sign().mul_(s).add_(x_adv).clamp_(lo, hi)
                     else:
                         g_norm = grad.flatten(1).norm(p=2, dim=1) + 1e-12
-                        z = threat.project(x_adv + s * grad / _view(g_norm, grad), x)
-                        x_new = threat.project(torch.lerp(x_adv * 2 - x_prev, z, a), x)
+                        z = threat.project(x_adv + grad * _view(step / g_norm, grad), x)
+                    if a != 1.0:
+                        z = z.mul_(a).add_(x_adv, alpha=2 * (1 - a)).sub_(x_prev, alpha=1 - a)
+                    x_new = z.clamp_(lo, hi) if linf else threat.project(z, x)
                 x_prev, x_adv = x_adv, x_new
 
             last = i == steps - 1
@@ -283,12 +301,12 @@ class APGD(Attack):
             with torch.no_grad():
                 # Output: lexicographic (misclassified, loss).
                 take = (fooled_now & ~fooled) | ((fooled_now == fooled) & (loss > loss_out))
-                x_out = torch.where(_view(take, x), x_adv, x_out)
+                _copy_rows_(x_out, take, x_adv)
                 loss_out = torch.where(take, loss, loss_out)
                 fooled = fooled | fooled_now
                 # Highest-loss point (the restart point).
                 better = loss > loss_best
-                x_best = torch.where(_view(better, x), x_adv, x_best)
+                _copy_rows_(x_best, better, x_adv)
                 loss_best = torch.where(better, loss, loss_best)
                 if last:
                     break
@@ -297,7 +315,7 @@ class APGD(Attack):
                 if i + 1 in marks and bool(fooled.all()):
                     break
                 assert grad is not None and grad_best is not None
-                grad_best = torch.where(_view(better, x), grad, grad_best)
+                _copy_rows_(grad_best, better, grad)
 
                 if l1:
                     if i + 1 in marks:

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -274,6 +275,27 @@ class AutoAttack(Attack):
         Attack.eps.fset(self, value)  # type: ignore[attr-defined]
         for attack in getattr(self, "attacks", []):
             attack.eps = value
+
+    def reseed(self, seed: int | None) -> None:
+        """Restarts the random streams of the ensemble and of every attack from ``seed``."""
+        super().reseed(seed)
+        for attack in self.attacks:
+            attack.reseed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ensemble's state and every attack's (seeds and generator states)."""
+        state = super().state_dict()
+        state["attacks"] = {
+            n: a.state_dict() for n, a in zip(self.attack_names, self.attacks, strict=True)
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output."""
+        super().load_state_dict(state)
+        for name, attack in zip(self.attack_names, self.attacks, strict=True):
+            if name in state.get("attacks", {}):
+                attack.load_state_dict(state["attacks"][name])
 
     def extra_repr(self) -> str:
         return f"version={self.version!r}, attacks={list(self.attack_names)}"

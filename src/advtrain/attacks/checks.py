@@ -240,9 +240,13 @@ def check_gradients(
         logits = model(x_in)
         margin = cw_margin(logits, y)
         ce = F.cross_entropy(logits.float(), y, reduction="none")
-        g_margin, g_ce = torch.autograd.grad(
-            [margin.sum(), ce.sum()], [x_in, x_in], allow_unused=True
-        )
+        if logits.requires_grad:
+            (g_margin,) = torch.autograd.grad(
+                margin.sum(), x_in, retain_graph=True, allow_unused=True
+            )
+            (g_ce,) = torch.autograd.grad(ce.sum(), x_in, allow_unused=True)
+        else:  # the graph is cut (e.g. detach() or numpy inside the model)
+            g_margin = g_ce = None
     n = x.shape[0]
     norm_margin = (
         torch.zeros(n) if g_margin is None else g_margin.detach().flatten(1).abs().sum(dim=1)

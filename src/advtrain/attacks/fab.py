@@ -8,7 +8,8 @@ References:
     ``alpha_max``), extrapolated by ``eta``; once the iterate is adversarial it is pulled back
     towards the original point by ``beta``. The smallest adversarial perturbation found is kept.
     Defaults: 100 iterations, ``alpha_max=0.1``, ``eta=1.05``, ``beta=0.9``; restarts start from a
-    random point at half the best radius found so far (at most ``eps``).
+    random point at distance ``eps / 2`` (half the smaller of ``eps`` and the best radius found,
+    which here is always ``eps``: examples leave the search once a point within ``eps`` is found).
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", ICML 2020: AutoAttack "standard" runs FAB-T, the targeted version
     (linearising ``z_t - z_y`` for each of the 9 most likely other classes ``t``), one restart
@@ -161,6 +162,14 @@ class FAB(Attack):
         x = x.detach().requires_grad_(True)
         logits = model(x).float()
         z_y = logits.gather(1, y[:, None]).squeeze(1)
+        if not logits.requires_grad:
+            # The model cuts the graph (detach, numpy): no gradient information, no move.
+            f = (
+                logits.max(dim=1).values - z_y
+                if target is None
+                else (logits.gather(1, target[:, None]).squeeze(1) - z_y)
+            )
+            return f.detach(), torch.zeros_like(x).flatten(1)
         if target is not None:
             f = logits.gather(1, target[:, None]).squeeze(1) - z_y
             (g,) = torch.autograd.grad(f.sum(), x)
@@ -194,7 +203,7 @@ class FAB(Attack):
         n = x0.shape[0]
         shape = (-1, *([1] * (x0.dim() - 1)))
         best = x0.clone()
-        best_dist = torch.full((n,), float("inf"), device=x0.device)
+        best_dist = torch.full((n,), float("inf"), device=x0.device, dtype=x0.dtype)
         x1 = x0.clone()
         if random_start:
             gen = self.generator(x0.device)
@@ -211,6 +220,7 @@ class FAB(Attack):
             ta = None if target is None else target[active]
             f, g = self._boundary(model, xa, ya, ta)
             with torch.no_grad():
+                f, g = f.to(xa.dtype), g.to(xa.dtype)
                 pa, po = xa.flatten(1), xo.flatten(1)
                 # The hyperplane f + g·(z - xa) = 0, reached from the iterate and from the origin.
                 c_iter = -f

@@ -257,6 +257,8 @@ class AdversarialTraining(pl.Callback):
         if self.loss is not None:
             loss, logs = self.loss(module, x, y)
             for name, value in (logs or {}).items():
+                if name in values:  # a scheduled value, already logged per step above
+                    continue
                 module.log(
                     self.log_prefix + name, value, on_step=False, on_epoch=True, sync_dist=True
                 )

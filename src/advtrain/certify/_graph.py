@@ -81,20 +81,25 @@ class BoundGraph:
         output: Index of the output node.
         dropouts: Dropout layers folded away as the identity, checked at every call.
         last_use: For each node, the index of the last node that reads it.
+        consumers: For each node, how many nodes read it.
     """
 
     nodes: list[Node]
     output: int
     dropouts: list[tuple[str, nn.Module]] = field(default_factory=list)
     last_use: list[int] = field(default_factory=list)
+    consumers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         last = list(range(len(self.nodes)))
+        count = [0] * len(self.nodes)
         for i, node in enumerate(self.nodes):
             for j in node.inputs:
                 last[j] = max(last[j], i)
+                count[j] += 1
         last[self.output] = len(self.nodes)
         self.last_use = last
+        self.consumers = count
 
     def check_modes(self, ctx: RunContext) -> None:
         """Raises if a layer's training-mode behaviour would make bounds meaningless.
@@ -111,9 +116,9 @@ class BoundGraph:
                         "model.eval() before computing bounds"
                     )
         for node in self.nodes:
-            if isinstance(node.op, BatchNormOp) and node.op.uses_batch_stats():
-                if not ctx.batch_stats:
-                    node.op.coeffs(ctx)  # raises the explanatory error
+            op = node.op
+            if isinstance(op, BatchNormOp) and op.uses_batch_stats() and not ctx.batch_stats:
+                op.coeffs(ctx)  # raises the explanatory error
 
     def forward(self, x: Tensor, ctx: RunContext) -> Tensor:
         """The model's output on ``x`` computed by the operators (records BN batch statistics)."""
@@ -404,7 +409,8 @@ class _Lowerer:
             names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                      "divisor_override")
             defaults: tuple[Any, ...] = (None, None, 0, False, True, None)
-            vals = [_arg(args, kwargs, i + 1, n, d) for i, (n, d) in enumerate(zip(names, defaults))]
+            vals = [_arg(args, kwargs, i + 1, n, d)
+                    for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
             return self.add(AvgPoolOp(name, first.value.shape[1:], *vals), [first])
         if target is F.adaptive_avg_pool2d:
             size = _arg(args, kwargs, 1, "output_size", None)
@@ -413,7 +419,8 @@ class _Lowerer:
         if target in (F.max_pool2d, torch.max_pool2d):
             names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
             defaults = (None, None, 0, 1, False)
-            vals = [_arg(args, kwargs, i + 1, n, d) for i, (n, d) in enumerate(zip(names, defaults))]
+            vals = [_arg(args, kwargs, i + 1, n, d)
+                    for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
             if _arg(args, kwargs, 6, "return_indices", False):
                 raise _unsupported(name, "max_pool2d(return_indices=True)")
             return self.add(MaxPoolOp(name, first.value.shape[1:], *vals), [first])
@@ -506,8 +513,12 @@ def build_graph(model: nn.Module, x: Tensor) -> BoundGraph:
     # Parameters used outside leaf layers (get_attr) become coefficients that must keep their
     # gradient, so lowering only drops autograd when there are none.
     functional_params = any(n.op == "get_attr" for n in graph.nodes)
-    with torch.set_grad_enabled(functional_params and torch.is_grad_enabled()):
-        lowerer = _Lowerer(root, x.detach())
+    # Constants made while lowering are cached, so they must not be inference tensors.
+    with torch.inference_mode(False), torch.set_grad_enabled(
+        functional_params and torch.is_grad_enabled()
+    ):
+        probe = x.detach().clone() if x.is_inference() else x.detach()
+        lowerer = _Lowerer(root, probe)
         bound_graph = lowerer.run(graph)
     if not leaf_root and not lowerer.has_tensor_constants:
         entry = _GRAPHS.setdefault(model, {})

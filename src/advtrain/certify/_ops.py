@@ -143,11 +143,16 @@ class AffineOp(BoundOp):
 
     def interval(self, ctx: RunContext, *ivs: Interval) -> Interval:
         lo, hi = ivs[0]
-        center = (hi + lo) / 2
-        radius = (hi - lo) / 2
+        # In-place arithmetic on fresh temporaries only (none is saved for autograd): large
+        # allocations dominate the cost of IBP on CPU.
+        center = torch.add(hi, lo).mul_(0.5)
+        radius = torch.sub(hi, lo).mul_(0.5)
         c = self.apply(ctx, center)
+        del center
         r = self.apply_abs(ctx, radius)
-        return c - r, c + r
+        del radius
+        lower = c - r
+        return lower, c.add_(r)
 
     def backward(
         self, ctx: RunContext, lA: Tensor | None, uA: Tensor | None, in_bounds: Sequence[Any]
@@ -214,7 +219,8 @@ def conv_padding(module: nn.Conv2d) -> tuple[int, int]:
     if isinstance(pad, str):
         if pad == "valid":
             return 0, 0
-        total = [d * (k - 1) for d, k in zip(_pair(module.dilation), _pair(module.kernel_size))]
+        dil, ker = _pair(module.dilation), _pair(module.kernel_size)
+        total = [d * (k - 1) for d, k in zip(dil, ker, strict=True)]
         if any(t % 2 for t in total):
             raise ValueError(
                 f"{module} uses padding='same' with an even receptive field (asymmetric "
@@ -322,7 +328,7 @@ class ScaleOp(AffineOp):
 
 
 class NormalizeOp(ScaleOp):
-    """:class:`advtrain.models.Normalize`: ``(x - mean) / std`` exactly as the module computes it."""
+    """:class:`advtrain.models.Normalize`: ``(x - mean) / std``, computed as the module does."""
 
     def __init__(self, name: str, module: nn.Module, in_shape: Sequence[int]) -> None:
         self.module = module
@@ -554,6 +560,10 @@ class MonotoneOp(BoundOp):
         lo, hi = ivs[0]
         return self.fn(lo), self.fn(hi)
 
+    def interval_inplace(self, ctx: RunContext, iv: Interval) -> Interval:
+        """:meth:`interval` overwriting the input box (the caller owns it and is its last user)."""
+        return self.interval(ctx, iv)
+
 
 def relu_relaxation(
     lower: Tensor, upper: Tensor, rule: str = "adaptive", leak: float = 0.0
@@ -593,23 +603,36 @@ class ReLUOp(MonotoneOp):
         )
         super().__init__(name, fn)
 
+    def interval_inplace(self, ctx: RunContext, iv: Interval) -> Interval:
+        lo, hi = iv
+        if self.leak == 0:
+            return F.relu(lo, inplace=True), F.relu(hi, inplace=True)
+        return F.leaky_relu(lo, self.leak, inplace=True), F.leaky_relu(hi, self.leak, inplace=True)
+
     def backward(
         self, ctx: RunContext, lA: Tensor | None, uA: Tensor | None, in_bounds: Sequence[Any]
     ) -> tuple[list[APair], Tensor | float, Tensor | float]:
         lower, upper = in_bounds[0]
         ud, ub, ld = relu_relaxation(lower, upper, ctx.relu_lower, self.leak)
-        ud, ub, ld = ud.unsqueeze(1), ub.unsqueeze(1), ld.unsqueeze(1)
+        ud, ld = ud.unsqueeze(1), ld.unsqueeze(1)
+        ub_col = ub.flatten(1).unsqueeze(-1)  # (B, n, 1): intercepts as a column for matmul
         new_l = new_u = None
         bias_l: Tensor | float = 0.0
         bias_u: Tensor | float = 0.0
-        if lA is not None:
-            pos, neg = _pos_neg(lA)
-            new_l = pos * ld + neg * ud
-            bias_l = _sum_spec(neg * ub)
-        if uA is not None:
-            pos, neg = _pos_neg(uA)
-            new_u = pos * ud + neg * ld
-            bias_u = _sum_spec(pos * ub)
+        # Positive coefficients take the lower line for the lower bound and the upper line for
+        # the upper bound, negative ones the other way round (Zhang et al. 2018, Theorem 3.2).
+        parts_l = _pos_neg(lA) if lA is not None else None
+        parts_u = parts_l if uA is lA else (_pos_neg(uA) if uA is not None else None)
+        if parts_l is not None:
+            pos, neg = parts_l
+            new_l = pos * ld
+            new_l.addcmul_(neg, ud)
+            bias_l = neg.flatten(2).matmul(ub_col).squeeze(-1)
+        if parts_u is not None:
+            pos, neg = parts_u
+            new_u = pos * ud
+            new_u.addcmul_(neg, ld)
+            bias_u = pos.flatten(2).matmul(ub_col).squeeze(-1)
         return [(new_l, new_u)], bias_l, bias_u
 
 

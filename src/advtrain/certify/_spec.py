@@ -69,8 +69,10 @@ def check_arguments(
     eps_f = check_eps(eps)
     norm_s = check_norm(norm, BOUND_NORMS)
     low, high = check_bounds(bounds)
+    if isinstance(x, Tensor):
+        x = x.detach()
     check_input_batch(x, (low, high))
-    return InputSet(x.detach(), eps_f, norm_s, low, high)
+    return InputSet(x, eps_f, norm_s, low, high)
 
 
 def check_output(shape: Sequence[int], batch: int, labels: Tensor | None) -> int:

@@ -50,8 +50,8 @@ from advtrain.certify._spec import InputSet, check_arguments, margin_spec
 from advtrain.certify.ibp import _propagate, fold_target, ibp_pass, prepare, spec_interval
 
 INTERMEDIATE: tuple[str, ...] = ("crown", "ibp")
-#: Default number of floats in one batch of backward coefficients (2**24 = 64 MiB in float32).
-DEFAULT_CHUNK_ELEMENTS = 2**24
+#: Default number of numbers in one batch of backward coefficients (2**22: 16 MiB in float32).
+DEFAULT_CHUNK_ELEMENTS = 2**22
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -315,7 +315,7 @@ def crown_bounds(
 
     Intermediate bounds by CROWN need one backward pass per neuron of every layer that feeds a
     ReLU; they are batched in chunks of ``chunk_size`` neurons (by default sized so that one batch
-    of coefficients holds at most 2**24 numbers), so convolutional networks fit in memory at a
+    of coefficients holds at most 2**22 numbers), so convolutional networks fit in memory at a
     cost in time. CROWN-IBP needs a single backward pass.
 
     Supported layers: those of :func:`advtrain.certify.interval_bounds` except the smooth

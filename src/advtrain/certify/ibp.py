@@ -20,10 +20,12 @@ from torch import Tensor, nn
 
 from advtrain.certify._graph import BoundGraph, build_graph
 from advtrain.certify._ops import (
+    AddOp,
     BatchNormOp,
     ConvOp,
     DenseOp,
     Interval,
+    MonotoneOp,
     ReshapeOp,
     RunContext,
     ScaleOp,
@@ -124,6 +126,11 @@ def _propagate(
             radius = _l2_radius(op, s, inputs.eps)
             lo, hi = op.interval(ctx, *ins)  # type: ignore[arg-type]
             ivs[i] = (torch.maximum(lo, center - radius), torch.minimum(hi, center + radius))
+        elif isinstance(op, MonotoneOp) and _owns(graph, node.inputs[0], i, want):
+            # The activation is the only reader of a fresh box: overwrite it (saves two large
+            # allocations per layer).
+            ivs[node.inputs[0]] = None
+            ivs[i] = op.interval_inplace(ctx, ins[0])
         else:
             ivs[i] = op.interval(ctx, *ins)  # type: ignore[arg-type]
         for j in node.inputs:
@@ -132,6 +139,18 @@ def _propagate(
                 aff[j] = None
     out = {i: ivs[i] for i in want if ivs[i] is not None}
     return out, {i: aff[i] for i in want if aff[i] is not None}  # type: ignore[misc]
+
+
+def _owns(graph: BoundGraph, j: int, i: int, want: set[int]) -> bool:
+    """Node ``i`` may overwrite the box of node ``j``: ``j`` is a linear layer or a sum (whose
+    boxes are fresh tensors that autograd does not save) read only by ``i`` and not returned."""
+    producer = graph.nodes[j].op
+    return (
+        j != 0
+        and j not in want
+        and graph.consumers[j] == 1
+        and isinstance(producer, (DenseOp, ConvOp, BatchNormOp, AddOp))
+    )
 
 
 def fold_target(graph: BoundGraph) -> int | None:

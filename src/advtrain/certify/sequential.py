@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy.stats import beta, norm
@@ -135,7 +136,7 @@ class SequentialTest:
 
     def __post_init__(self) -> None:
         looks = tuple(int(k) for k in self.looks)
-        if not looks or looks[0] < 1 or any(b <= a for a, b in zip(looks, looks[1:])):
+        if not looks or looks[0] < 1 or any(b <= a for a, b in pairwise(looks)):
             raise ValueError(f"looks must be increasing sample sizes >= 1, got {self.looks!r}")
         if not 0.0 < self.final_share <= 1.0:
             raise ValueError(f"final_share must lie in (0, 1], got {self.final_share}")

@@ -354,12 +354,14 @@ class Smooth:
         selecting ``cA`` as above it draws the estimation samples in rounds up to the fixed looks
         :func:`~advtrain.certify.sequential.look_schedule` ``(n, first_look, growth)``
         (``first_look·growth^k``, ending at ``n``), and stops as soon as the lower bound clears
-        ``Φ(radius/σ)`` (certified) or the upper bound falls below it (not certifiable). Each look
-        uses the Clopper–Pearson bound at level ``alpha/K`` (``K`` looks, Bonferroni), so all
+        ``Φ(radius/σ)`` (certified) or the upper bound falls below it (not certifiable). Look
+        ``k`` of ``K`` uses the Clopper–Pearson bounds at a level ``alpha_k`` fixed in advance,
+        ``alpha/2`` on the last look and ``alpha/(2(K-1))`` on each earlier one (Bonferroni:
+        ``sum_k alpha_k = alpha``; :class:`~advtrain.certify.sequential.SequentialTest`), so all
         ``K`` lower bounds hold simultaneously with probability ``>= 1 - alpha``: the radius
         returned at the stopping look is certified with the same ``1 - alpha`` guarantee as the
         standard mode, whatever the stopping rule. The price is a slightly smaller radius when
-        all ``n`` samples are needed (level ``alpha/K`` instead of ``alpha``); the gain is that
+        all ``n`` samples are needed (level ``alpha/2`` instead of ``alpha``); the gain is that
         clear-cut examples stop after a few hundred samples. The radius returned is the one
         certified at the stopping look, so for examples settled as not certifiable at
         ``radius`` it is usually smaller than the standard mode's (it may even abstain when

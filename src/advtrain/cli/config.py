@@ -56,12 +56,25 @@ def compose(
 
     For programmatic use and tests: ``run(compose(overrides=["trainer.max_epochs=2"],
     output_dir=tmp))``.
+
+    Raises:
+        advtrain.cli.schemas.ConfigError: For an unknown key (naming the valid ones).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from advtrain.cli.schemas import ConfigError, explain_composition_error, register_schemas
 
     register_resolvers()
+    register_schemas()
     extra = [f"output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+        try:
+            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+        except ConfigCompositionException as err:
+            message = explain_composition_error(err)
+            if message is None:
+                raise
+            raise ConfigError(message) from err
     return cfg

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack
+from advtrain.cli.certificates import certified_section
 from advtrain.data.base import tensors_sha256
 from advtrain.report import environment, sha256_file, sha256_text, write_report
 
@@ -60,6 +61,9 @@ def evaluate_checkpoint(
 
     ev = cfg.evaluation
     x, y = datamodule.test_tensors(ev.get("n_examples"))
+    # Attack and certify on the GPU when there is one (the saved weights above are CPU tensors).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier, x, y = classifier.to(device), x.to(device), y.to(device)
     batch_size = int(ev.get("batch_size", 512))
     clean = _predict(classifier, x, batch_size) == y
     robust: dict[str, float] = {}
@@ -71,6 +75,11 @@ def evaluate_checkpoint(
         worst &= correct
     if len(robust) > 1:
         robust["worst_case"] = float(worst.float().mean())
+    # Certified accuracy (IBP/CROWN bounds, randomized smoothing): advtrain.cli.certificates.
+    certificates = {
+        str(k): instantiate(v, _convert_="all") for k, v in (ev.get("certificates") or {}).items()
+    }
+    certified = certified_section(certificates, classifier, x, y)
     timings["evaluate"] = time.perf_counter() - start
 
     curve: list[dict[str, float]] = []
@@ -113,5 +122,7 @@ def evaluate_checkpoint(
         "timings_s": dict(timings),
         "environment": environment(),
     }
+    if certified:
+        report["certified"] = certified
     write_report(report, output_dir)
     return report

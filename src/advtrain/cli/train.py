@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from advtrain.cli.config import coerce_fractions, register_resolvers
 from advtrain.cli.evaluation import evaluate_checkpoint
+from advtrain.cli.schemas import check_config, diagnose_overrides, register_schemas
 from advtrain.report import summary_table
 
 
@@ -61,9 +63,14 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
     Args:
         cfg: A composed ``train`` config (see :func:`advtrain.cli.config.compose`).
         extra_callbacks: More Lightning callbacks for this run (programmatic use).
+
+    Raises:
+        advtrain.cli.schemas.ConfigError: For a configuration that cannot run (unknown keys,
+            ``trainer=ddp`` with one device...), before anything is built.
     """
     register_resolvers()
     coerce_fractions(cfg)
+    check_config(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -81,7 +88,8 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
     if not trainer.is_global_zero:
         return None
 
-    checkpoint = _best_checkpoint(trainer)
+    # fast_dev_run writes no checkpoint: evaluate the weights in memory.
+    checkpoint = None if trainer.fast_dev_run else _best_checkpoint(trainer)
     report = evaluate_checkpoint(
         cfg,
         module=module,
@@ -102,8 +110,17 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point ``advtrain-train``."""
     register_resolvers()
+    register_schemas()
     torch.set_float32_matmul_precision("high")
-    _hydra_main()
+    try:
+        _hydra_main()
+    except (SystemExit, Exception) as err:
+        # Hydra has reported the failure; for an unknown key, add the valid keys.
+        if not (isinstance(err, SystemExit) and err.code in (0, None)):
+            hint = diagnose_overrides(sys.argv[1:])
+            if hint:
+                print(f"advtrain-train: {hint}", file=sys.stderr)
+        raise
 
 
 __all__ = ["OmegaConf", "build_callbacks", "main", "run"]

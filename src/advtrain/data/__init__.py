@@ -10,12 +10,15 @@ from advtrain.data.base import (
     tensors_sha256,
 )
 from advtrain.data.digits import DigitsDataModule, load_digits_tensors
+from advtrain.data.synthetic import SyntheticDataModule, make_synthetic
 
 __all__ = [
     "ClassificationDataModule",
     "DigitsDataModule",
     "EpochSeededSampler",
+    "SyntheticDataModule",
     "dataset_tensors",
     "load_digits_tensors",
+    "make_synthetic",
     "tensors_sha256",
 ]

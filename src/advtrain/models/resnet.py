@@ -205,7 +205,7 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         groups: list[nn.Sequential] = []
         in_planes = widths[0]
-        for out_planes, stride in zip(widths[1:], (1, 2, 2)):
+        for out_planes, stride in zip(widths[1:], (1, 2, 2), strict=True):
             blocks = [
                 WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
                                stride if i == 0 else 1, float(dropout))

@@ -8,10 +8,16 @@ The JSON schema (``schema_version`` 1) holds at least:
 * ``checkpoint`` (``path``, ``sha256``), ``config_sha256``, ``data_sha256``,
 * ``timings_s`` (phase → seconds), ``environment`` (versions, device),
 * ``figures`` (name → file name in the report's folder).
+
+``advtrain-eval`` fills the optional sections too (``attacks``, ``counts``, ``eps_grid``,
+``per_class``, ``certified``, ``sanity``, ``settings``); :mod:`advtrain.report.schema` documents
+every key and validates a report. :func:`write_report` renders whatever sections a report has into
+``report.md`` and a self-contained ``report.html`` (:mod:`advtrain.report.html`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,16 +43,55 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def git_revision() -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the git checkout advtrain is imported from, else ``(None, None)``.
+
+    Only when the package's own files are tracked by that repository (an installed copy inside
+    some other repository, e.g. a virtual environment in a project folder, gives ``None``).
+    ``dirty`` is ``True`` when tracked files differ from the commit.
+    """
+    import subprocess
+
+    import advtrain
+
+    pkg = Path(advtrain.__file__).resolve()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(pkg.parent), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", pkg.name) is None:
+        return None, None
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, (bool(status) if status is not None else None)
+
+
 def environment() -> dict[str, Any]:
-    """Versions of advtrain, torch, Lightning and Python, and the compute device."""
+    """Versions of advtrain (and its git commit when known), torch, Lightning, Python; device."""
     import platform
 
     import torch
 
     import advtrain
 
+    commit, dirty = git_revision()
     info: dict[str, Any] = {
         "advtrain": advtrain.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -95,12 +140,193 @@ def summary_table(report: Mapping[str, Any], report_path: str | None = None) -> 
     return "\n".join(lines)
 
 
+def result_rows(report: Mapping[str, Any]) -> list[tuple[str, float | None, str]]:
+    """The main results table: ``(label, accuracy, "correct/n" or "")`` rows.
+
+    Clean accuracy, each attack (and the members of an ensemble, cumulative), the worst case and
+    every certified accuracy of ``certified.summary``. ``report.md`` and ``report.html`` both
+    render these rows, so the two always show the same numbers.
+    """
+    counts = report.get("counts") or {}
+    n = counts.get("n")
+
+    def frac(key: str) -> str:
+        return f"{counts[key]}/{n}" if n and key in counts else ""
+
+    rows: list[tuple[str, float | None, str]] = [
+        ("clean", report["clean_accuracy"], frac("clean"))
+    ]
+    robust = dict(report.get("robust_accuracy") or {})
+    worst = robust.pop("worst_case", None)
+    attacks = report.get("attacks") or {}
+    for name, acc in robust.items():
+        rows.append((name, acc, frac(name)))
+        for member in (attacks.get(name) or {}).get("members") or []:
+            rows.append(
+                (
+                    f"{name} · after {member['name']}",
+                    member["accuracy_after"],
+                    f"{member['correct_after']}/{n}" if n else "",
+                )
+            )
+    if worst is not None:
+        rows.append(("worst case (all attacks)", worst, frac("worst_case")))
+    cert = report.get("certified") or {}
+    for name, acc in (cert.get("summary") or {}).items():
+        rows.append((f"certified: {name}", acc, ""))
+    return rows
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(value: Any) -> str:
+    return f"`{value}`" if value not in (None, "") else "n/a"
+
+
+def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
+    grid = report.get("eps_grid")
+    if grid and grid.get("eps"):
+        names = list(grid["accuracy"])
+        out = ["", "## Robust accuracy against eps", ""]
+        out.append("| eps | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+        out.append("|---|" + "---|" * len(names))
+        for i, eps in enumerate(grid["eps"]):
+            cells = " | ".join(_pct(grid["accuracy"][n][i]) for n in names)
+            out.append(f"| {eps:.4g} | {cells} |")
+        return out
+    curve = report.get("eps_curve")
+    if curve:
+        out = ["", f"## Robust accuracy against eps ({report.get('eps_curve_attack', '')})", ""]
+        out += ["| eps | accuracy |", "|---|---|"]
+        out += [f"| {p['eps']:.4g} | {_pct(p['accuracy'])} |" for p in curve]
+        return out
+    return []
+
+
+def _markdown_certified(report: Mapping[str, Any]) -> list[str]:
+    cert = report.get("certified") or {}
+    bounds = cert.get("bounds") or {}
+    smoothing = cert.get("smoothing")
+    if not bounds and not smoothing:
+        return []
+    out = ["", "## Certified robustness", ""]
+    if bounds:
+        out += ["| method | eps | verified accuracy |", "|---|---|---|"]
+        for name, res in bounds.items():
+            if not res.get("supported"):
+                out.append(f"| {name} | — | not supported: {_md_escape(res.get('reason', ''))} |")
+                continue
+            for eps, acc in zip(res["eps"], res["accuracy"], strict=True):
+                out.append(f"| {name} | {eps:.4g} | {_pct(acc)} |")
+    if smoothing:
+        out += [
+            "",
+            f"Randomized smoothing (Cohen et al. 2019) of the model, σ = {smoothing['sigma']:g}, "
+            f"n0 = {smoothing['n0']}, n = {smoothing['n']}, alpha = {smoothing['alpha']:g}, "
+            f"{smoothing['n_examples']} examples, abstain rate "
+            f"{_pct(smoothing.get('abstain_rate'))} (certifies the smoothed classifier g, not the "
+            "model itself):",
+            "",
+            "| L2 radius | certified accuracy |",
+            "|---|---|",
+        ]
+        out += [
+            f"| {r:.4g} | {_pct(a)} |"
+            for r, a in zip(smoothing["radii"], smoothing["accuracy"], strict=True)
+        ]
+    gap = cert.get("gap") or {}
+    if gap:
+        if gap.get("gap") is not None:
+            out += [
+                "",
+                f"Gap at eps={gap['eps']:.4g}: empirical worst case {_pct(gap['empirical'])} − "
+                f"certified ({gap['certificate']}) {_pct(gap['certified'])} = "
+                f"{100 * gap['gap']:.1f} percentage points (the true robust accuracy lies in "
+                "between).",
+            ]
+        else:
+            out += ["", f"Gap at eps={gap.get('eps', 0):.4g}: no certificate at this eps."]
+    return out
+
+
+def _markdown_per_class(report: Mapping[str, Any]) -> list[str]:
+    pc = report.get("per_class")
+    if not pc or not pc.get("classes"):
+        return []
+    names = list(pc["accuracy"])
+    out = ["", "## Accuracy per class", ""]
+    out.append("| class | n | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+    out.append("|---|---|" + "---|" * len(names))
+    for i, cls in enumerate(pc["classes"]):
+        cells = " | ".join(_pct(pc["accuracy"][n][i]) for n in names)
+        out.append(f"| {cls} | {pc['support'][i]} | {cells} |")
+    return out
+
+
+def _markdown_sanity(report: Mapping[str, Any]) -> list[str]:
+    sanity = report.get("sanity")
+    if not sanity:
+        return []
+    out = ["", "## Sanity checks", ""]
+    for flag in sanity.get("flags", []):
+        if flag["triggered"]:
+            line = f"- **[WARNING] {flag['code']}**: {flag['message']}"
+            if flag.get("advice"):
+                line += f" *What to do:* {flag['advice']}"
+        else:
+            line = f"- [ok] {flag['code']}: {flag['message']}"
+        out.append(line)
+    return out
+
+
+def _markdown_settings(report: Mapping[str, Any]) -> list[str]:
+    settings = report.get("settings")
+    if not settings:
+        return []
+    out = ["", "## Evaluation settings", ""]
+    for key in ("seed", "batch_size", "n_examples", "device"):
+        if key in settings:
+            out.append(f"- {key}: {_code(settings[key])}")
+    for name, params in (settings.get("attacks") or {}).items():
+        out.append(f"- attack `{name}`: `{json.dumps(params, sort_keys=True)}`")
+    for key in ("eps_grid", "certify", "sanity"):
+        if key in settings:
+            out.append(f"- {key}: `{json.dumps(settings[key], sort_keys=True)}`")
+    return out
+
+
+def _markdown_audit(report: Mapping[str, Any]) -> list[str]:
+    env = report.get("environment") or {}
+    ckpt = report.get("checkpoint") or {}
+    out = ["", "## Audit", ""]
+    out.append(
+        f"- checkpoint: {_code(ckpt.get('source') or ckpt.get('path'))}, sha256 "
+        f"{_code(ckpt.get('source_sha256') or ckpt.get('sha256'))}"
+        + (f", read with {ckpt['loaded_with']}" if ckpt.get("loaded_with") else "")
+    )
+    out.append(f"- resolved config: {_code(report.get('config_file'))}, sha256 "
+               f"{_code(report.get('config_sha256'))}")
+    out.append(f"- evaluated data: sha256 {_code(report.get('data_sha256'))}"
+               + (f" ({report['data']['hash_method']})"
+                  if report.get("data", {}).get("hash_method") else ""))
+    for key in ("advtrain", "git_commit", "git_dirty", "torch", "pytorch_lightning", "python",
+                "platform", "device"):
+        if key in env:
+            out.append(f"- {key}: {_code(env[key])}")
+    return out
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """``report.md``: the same numbers as ``report.json``, for people."""
     threat = report["threat_model"]
-    out = [
-        "# advtrain robustness report",
-        "",
+    out = ["# advtrain robustness report", ""]
+    sanity = report.get("sanity") or {}
+    if sanity and not sanity.get("white_box_trustworthy", True):
+        out += [f"> **WARNING: white-box robust accuracy cannot be trusted.** "
+                f"{sanity.get('warning', '')}", ""]
+    out += [
         f"- data: {report.get('data', {}).get('name', 'n/a')}, {report['n_examples']} examples "
         f"(sha256 `{report.get('data_sha256', 'n/a')}`)",
         f"- threat model: {threat['norm']} eps={threat['eps']:.6g}, "
@@ -109,22 +335,25 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"(sha256 `{report.get('checkpoint', {}).get('sha256', 'n/a')}`)",
         f"- config sha256: `{report.get('config_sha256', 'n/a')}`",
         "",
-        "| evaluation | accuracy |",
-        "|---|---|",
-        f"| clean | {_pct(report['clean_accuracy'])} |",
     ]
-    for name, acc in report.get("robust_accuracy", {}).items():
-        out.append(f"| {name} | {_pct(acc)} |")
-    curve = report.get("eps_curve")
-    if curve:
-        out += ["", f"## Robust accuracy against eps ({report.get('eps_curve_attack', '')})", ""]
-        out += ["| eps | accuracy |", "|---|---|"]
-        out += [f"| {p['eps']:.4g} | {_pct(p['accuracy'])} |" for p in curve]
+    rows = result_rows(report)
+    if report.get("counts"):
+        out += ["| evaluation | accuracy | correct |", "|---|---|---|"]
+        out += [f"| {_md_escape(n)} | {_pct(a)} | {c} |" for n, a, c in rows]
+    else:
+        out += ["| evaluation | accuracy |", "|---|---|"]
+        out += [f"| {_md_escape(n)} | {_pct(a)} |" for n, a, _ in rows]
+    out += _markdown_eps_grid(report)
+    out += _markdown_certified(report)
+    out += _markdown_per_class(report)
+    out += _markdown_sanity(report)
+    out += _markdown_settings(report)
     for name, fname in report.get("figures", {}).items():
         out += ["", f"![{name}]({fname})"]
     timings = report.get("timings_s", {})
     if timings:
         out += ["", "## Timings", ""] + [f"- {k}: {v:.1f} s" for k, v in timings.items()]
+    out += _markdown_audit(report)
     return "\n".join(out) + "\n"
 
 
@@ -151,24 +380,42 @@ def plot_eps_curve(
     plt.close(fig)
 
 
-def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    """Writes ``report.json``, ``report.md`` and the eps-curve PNG into ``out_dir``.
+def write_report(
+    report: dict[str, Any], out_dir: str | os.PathLike[str], html: bool = True
+) -> Path:
+    """Writes ``report.json``, ``report.md``, the figures and ``report.html`` into ``out_dir``.
+
+    Figures (:func:`advtrain.report.figures.make_figures`) are drawn for whatever sections the
+    report has; ``report.html`` embeds them, so it is a single self-contained file.
 
     Returns:
         The path of ``report.json``.
     """
+    from advtrain.report.figures import make_figures
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report.setdefault("schema_version", SCHEMA_VERSION)
     figures = dict(report.get("figures", {}))
-    if report.get("eps_curve"):
-        plot_eps_curve(
-            report["eps_curve"],
-            out / "robust_vs_eps.png",
-            f"robust accuracy vs eps ({report.get('eps_curve_attack', '')})",
-        )
-        figures["robust accuracy vs eps"] = "robust_vs_eps.png"
+    figures.update(make_figures(report, out))
     report["figures"] = figures
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out / "report.json").write_text(
+        json.dumps(_json_safe(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    )
     (out / "report.md").write_text(markdown(report))
+    if html:
+        from advtrain.report.html import render_html
+
+        (out / "report.html").write_text(render_html(report, out), encoding="utf-8")
     return out / "report.json"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become ``null`` (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -64,19 +64,19 @@ def _train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> nn
 
 @functools.lru_cache(maxsize=1)
 def standard_cnn() -> nn.Module:
-    """A naturally trained SmallCNN (about 97% test accuracy, not robust)."""
+    """A naturally trained SmallCNN (about 96% test accuracy, not robust)."""
     torch.manual_seed(0)
     x, y, _, _ = digits()
-    return _train(SmallCNN(width=16, hidden=64), x, y, epochs=25, seed=0)
+    return _train(SmallCNN(width=16, hidden=64), x, y, epochs=15, seed=0)
 
 
 @functools.lru_cache(maxsize=1)
 def quantized_cnn() -> nn.Module:
-    """A SmallCNN trained behind a :class:`Quantize` input layer (zero input gradients)."""
-    torch.manual_seed(1)
-    x, y, _, _ = digits()
-    model = nn.Sequential(Quantize(4), *SmallCNN(width=16, hidden=64))
-    return _train(model, x, y, epochs=25, seed=1)
+    """:func:`standard_cnn` behind a :class:`Quantize` input layer (zero input gradients).
+
+    It shares the standard model's layers; its clean accuracy stays about 95%.
+    """
+    return nn.Sequential(Quantize(4), *standard_cnn()).eval()
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:

@@ -149,10 +149,10 @@ def test_last_result_is_consistent(madry_digits, digits_attacked):
 def test_standard_adds_to_the_fast_ensemble(madry_digits):
     """The standard ensemble fools every example its first two members fool, and more or equal."""
     model, x, y = madry_digits
-    x, y = x[:48], y[:48]
+    x, y = x[:24], y[:24]
     first_two = AutoAttack(eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"], seed=0)
     first_two(model, x, y)
-    standard = AutoAttack(eps=EPS, seed=0, n_queries=1000)
+    standard = AutoAttack(eps=EPS, seed=0, n_queries=300)
     x_adv = standard(model, x, y)
     robust = standard.last_result.robust
     assert standard.last_result.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -243,3 +243,22 @@ def test_verbose_prints_per_attack(madry_digits, capsys):
     aa = AutoAttack(eps=EPS, version="custom", attacks=[APGD(eps=EPS, steps=5)], verbose=True)
     aa(model, x[:20], y[:20])
     assert "after apgd-ce: robust accuracy" in capsys.readouterr().out
+
+
+def test_state_dict_resumes_every_attacks_random_stream():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    x = torch.rand(10, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    aa = AutoAttack(eps=0.05, version="custom", attacks=["apgd-ce", "apgd-dlr"], seed=1)
+    aa(model, x, y)  # advance the generators
+    state = aa.state_dict()
+    first = aa(model, x, y)
+    other = AutoAttack(eps=0.3, version="custom", attacks=["apgd-ce", "apgd-dlr"], seed=7)
+    other.load_state_dict(state)
+    assert other.eps == 0.05 and all(a.eps == 0.05 for a in other.attacks)
+    assert torch.equal(other(model, x, y), first)
+    aa.reseed(1)
+    fresh = AutoAttack(eps=0.05, version="custom", attacks=["apgd-ce", "apgd-dlr"], seed=1)
+    assert torch.equal(aa(model, x, y), fresh(model, x, y))

@@ -3,6 +3,8 @@ returns only adversarial points within eps (else the clean input) and is sane on
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -123,9 +125,10 @@ def _check_output(model: nn.Module, x_adv: Tensor, x: Tensor, y: Tensor, norm: s
 def test_breaks_standard_model(
     std_model: nn.Module, batch: tuple[Tensor, Tensor], norm: str, eps: float, targeted: bool
 ) -> None:
-    x, y = batch
+    x, y = batch[0][:100], batch[1][:100]
     assert accuracy(std_model, x, y) > 0.9
-    x_adv = FAB(eps=eps, norm=norm, targeted=targeted, steps=30, seed=0)(std_model, x, y)
+    attack = FAB(eps=eps, norm=norm, targeted=targeted, steps=30, n_target_classes=3, seed=0)
+    x_adv = attack(std_model, x, y)
     assert accuracy(std_model, x_adv, y) <= 0.03
     _check_output(std_model, x_adv, x, y, norm, eps)
 
@@ -247,3 +250,29 @@ def test_names() -> None:
     assert FAB(eps=0.1).name == "fab-t"
     assert FAB(eps=0.1, targeted=False).name == "fab"
     assert "n_target_classes=9" in repr(FAB(eps=0.1))
+
+
+class Detached(nn.Module):
+    """Cuts the autograd graph, as a numpy preprocessing step would."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.detach()
+
+
+def test_graph_cutting_model_gives_clean_output(
+    std_model: nn.Module, batch: tuple[Tensor, Tensor]
+) -> None:
+    x, y = batch[0][:16], batch[1][:16]
+    model = nn.Sequential(Detached(), std_model)
+    x_adv = FAB(eps=0.2, steps=3, n_target_classes=2)(model, x, y)
+    # No gradient: FAB cannot move, so nothing changes except already misclassified inputs.
+    assert torch.equal(x_adv, x)
+
+
+def test_float64_inputs(std_model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
+    model = copy.deepcopy(std_model).double()
+    x, y = batch[0][:32].double(), batch[1][:32]
+    for targeted in (True, False):
+        x_adv = FAB(eps=0.2, steps=10, targeted=targeted, n_target_classes=2)(model, x, y)
+        assert x_adv.dtype == torch.float64
+        assert accuracy(model, x_adv, y) <= 0.1

@@ -22,6 +22,21 @@ def test_look_schedule_is_geometric_and_ends_at_n() -> None:
         look_schedule(100, 10, 1.0)
 
 
+def test_levels_spend_alpha_with_half_on_the_final_look() -> None:
+    looks = look_schedule(10_000, 64, 2.0)
+    test = SequentialTest(looks, 0.001, 0.9)
+    assert sum(test.levels) == pytest.approx(0.001)
+    assert test.levels[-1] == pytest.approx(0.0005)
+    assert len(set(test.levels[:-1])) == 1
+    uniform = SequentialTest(looks, 0.001, 0.9, final_share=1 / len(looks))
+    assert uniform.levels == pytest.approx((0.001 / len(looks),) * len(looks))
+    assert SequentialTest((100,), 0.01, 0.9).levels == (0.01,)
+    with pytest.raises(ValueError, match="final_share"):
+        SequentialTest(looks, 0.001, 0.9, final_share=0.0)
+    with pytest.raises(ValueError, match="increasing"):
+        SequentialTest((100, 50), 0.001, 0.9)
+
+
 def _simulate(test: SequentialTest, p: float, runs: int, seed: int) -> tuple[float, float]:
     """Runs the sequential test on binomial counts; returns (certification rate, mean samples)."""
     rng = np.random.default_rng(seed)
@@ -55,7 +70,8 @@ def test_false_certification_rate_stays_below_alpha_with_bonferroni_looks(target
     rate, _ = _simulate(SequentialTest(looks, alpha, target), p, runs, seed=0)
     se = math.sqrt(alpha * (1 - alpha) / runs)
     assert rate <= alpha + 3 * se
-    naive, _ = _simulate(SequentialTest(looks, alpha * len(looks), target), p, runs, seed=0)
+    k = len(looks)  # the naive test: every look at the full level alpha
+    naive, _ = _simulate(SequentialTest(looks, alpha * k, target, final_share=1 / k), p, runs, 0)
     assert naive > alpha + 3 * se
 
 
@@ -82,7 +98,7 @@ def test_decide_hopeless_target_stops_at_the_first_look() -> None:
     test = SequentialTest(looks, 0.001, target=0.9999)  # unreachable with 1,000 samples
     decision, lower = test.decide(0, np.array([10]))
     assert decision.tolist() == [NOT_CERTIFIED]
-    assert float(lower[0]) == pytest.approx((0.001 / len(looks)) ** (1 / 10))
+    assert float(lower[0]) == pytest.approx(test.levels[0] ** (1 / 10))
     decision, _ = test.decide(len(looks) - 1, np.array([1_000]))  # the last look always decides
     assert decision.tolist() == [NOT_CERTIFIED]
 

@@ -1,0 +1,168 @@
+"""Benchmark of bound propagation: IBP against a forward pass, CROWN time and peak memory.
+
+Measures, on a SmallCNN for 3×32×32 inputs (conv 16 → conv 32 stride 2 → linear 128 → 10):
+
+1. ``IBP / forward``: :func:`advtrain.certify.interval_bounds` (with margins) against one plain
+   ``model(x)`` at batch 128, both without autograd, interleaved repeats, median ratio
+   (target <= 2.5x). Also the training-step ratio: ``IBPLoss`` forward+backward against a clean
+   cross-entropy step.
+2. CROWN (full, intermediate bounds by CROWN) and CROWN-IBP at batch 8: median time and peak
+   memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: growth of the process's peak RSS,
+   measured in a fresh subprocess so earlier allocations do not hide it).
+
+Usage::
+
+    python scripts/bench_bounds.py [--device cpu|cuda] [--repeats 7] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from advtrain.certify import crown_bounds, interval_bounds
+from advtrain.losses import IBPLoss
+from advtrain.models import SmallCNN
+
+
+def _model(device: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN((3, 32, 32), 10, width=16, hidden=128).to(device).eval()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn: Callable[[], Any], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: str) -> dict[str, float]:
+    """Median seconds of each function, run in interleaved rounds after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_ibp(device: str, repeats: int, batch: int = 128) -> dict[str, float]:
+    model = _model(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    eps = 2 / 255
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def ibp() -> None:
+        with torch.no_grad():
+            interval_bounds(model, x, eps, labels=y)
+
+    loss_fn = IBPLoss(eps=eps, kappa=0.5)
+    model_t = _model(device).train()
+
+    def clean_step() -> None:
+        F.cross_entropy(model_t(x), y).backward()
+
+    def ibp_step() -> None:
+        loss, _ = loss_fn(model_t, x, y)
+        loss.backward()
+
+    med = interleaved(
+        {"forward": forward, "ibp": ibp, "clean_step": clean_step, "ibp_step": ibp_step},
+        repeats, device,
+    )
+    return {
+        "forward_ms": 1e3 * med["forward"],
+        "ibp_ms": 1e3 * med["ibp"],
+        "ibp_over_forward": med["ibp"] / med["forward"],
+        "clean_step_ms": 1e3 * med["clean_step"],
+        "ibp_step_ms": 1e3 * med["ibp_step"],
+        "ibp_step_over_clean_step": med["ibp_step"] / med["clean_step"],
+    }
+
+
+def _crown_worker(device: str, method: str, repeats: int, batch: int, out: Any) -> None:
+    model = _model(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    with torch.no_grad():
+        model(x)
+        interval_bounds(model, x, 2 / 255, labels=y)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        with torch.no_grad():
+            times.append(_time(
+                lambda: crown_bounds(model, x, 2 / 255, labels=y, intermediate=method), device
+            ))
+    result = {"median_s": statistics.median(times)}
+    if device == "cuda":
+        result["peak_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        result["peak_mib"] = (peak - base_rss) * scale / 2**20
+    out.put(result)
+
+
+def bench_crown(device: str, repeats: int, batch: int = 8) -> dict[str, dict[str, float]]:
+    ctx = mp.get_context("spawn")
+    results = {}
+    for method in ("crown", "ibp"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_crown_worker, args=(device, method, repeats, batch, queue))
+        proc.start()
+        results["crown" if method == "crown" else "crown_ibp"] = queue.get()
+        proc.join()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--crown-repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "ibp_batch128": bench_ibp(args.device, args.repeats),
+        "crown_batch8": bench_crown(args.device, args.crown_repeats),
+    }
+    print(json.dumps(report, indent=2))
+    ratio = report["ibp_batch128"]["ibp_over_forward"]
+    print(f"IBP / forward = {ratio:.2f}x (target <= 2.5x): {'OK' if ratio <= 2.5 else 'ABOVE'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Loading model weights safely: ``torch.load(weights_only=True)`` and clear mismatch messages.
+
+A checkpoint file is a pickle; unpickling an untrusted one can run arbitrary code. Everything here
+reads checkpoints with ``torch.load(..., weights_only=True)``, which only rebuilds tensors and plain
+containers. A checkpoint that needs full unpickling (it stores a whole ``nn.Module``, an optimiser
+object, custom classes) is refused with :class:`UnsafeCheckpointError` unless the caller says it
+trusts the file (``trust=True``), in which case it is loaded with a loud warning.
+
+Accepted layouts (detected automatically):
+
+* a plain ``state_dict`` (``torch.save(model.state_dict(), path)``; advtrain's ``model.pt``);
+* a Lightning checkpoint (``{"state_dict": ..., ...}``; keys carry the LightningModule's prefix,
+  e.g. ``model.``, which is stripped);
+* a dict wrapping a state dict under ``"model_state_dict"``, ``"model"`` or ``"net"``;
+* with ``trust=True`` only: a pickled ``nn.Module``.
+
+Keys are matched to the model after removing the longest common prefix that makes them fit
+(``model.``, ``module.`` from DataParallel, ``_orig_mod.`` from ``torch.compile``). A checkpoint
+for another architecture raises :class:`CheckpointMismatchError`, naming the missing, unexpected
+and wrongly shaped keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that needs full unpickling (``weights_only=False``) and was not trusted."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose keys or shapes do not fit the model.
+
+    Attributes:
+        missing: Keys the model needs that the checkpoint lacks.
+        unexpected: Keys of the checkpoint the model does not have.
+        mismatched: ``(key, checkpoint shape, model shape)`` for keys of different shapes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    ) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+
+
+@dataclass
+class LoadedCheckpoint:
+    """The tensors read from a checkpoint file and how they were read.
+
+    Attributes:
+        path: The file.
+        state_dict: Name → tensor, as stored (prefixes not yet stripped).
+        format: ``"state_dict"``, ``"lightning"``, ``"wrapped:<key>"`` or ``"module"``.
+        loaded_with: ``"weights_only"`` or ``"trusted_pickle"``.
+        sha256: SHA-256 of exactly the bytes the weights were read from.
+        prefix: The key prefix stripped to fit the model (set by :func:`load_weights`).
+    """
+
+    path: str
+    state_dict: dict[str, Tensor]
+    format: str
+    loaded_with: str
+    sha256: str = ""
+    prefix: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _tensor_dict(obj: Any) -> dict[str, Tensor] | None:
+    if isinstance(obj, Mapping) and obj and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        return dict(obj)
+    return None
+
+
+def _extract(obj: Any, path: str) -> tuple[dict[str, Tensor], str]:
+    if isinstance(obj, nn.Module):
+        return dict(obj.state_dict()), "module"
+    direct = _tensor_dict(obj)
+    if direct is not None:
+        return direct, "state_dict"
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                return dict(inner.state_dict()), f"wrapped:{key}"
+            sd = _tensor_dict(inner)
+            if sd is not None:
+                lightning = key == "state_dict" and (
+                    "pytorch-lightning_version" in obj or "epoch" in obj or "global_step" in obj
+                )
+                return sd, "lightning" if lightning else f"wrapped:{key}"
+        keys = sorted(str(k) for k in obj)[:12]
+        raise CheckpointError(
+            f"{path} holds a dict without model weights (keys: {keys}); expected a state_dict, "
+            f"a Lightning checkpoint, or a dict with one of {list(_WRAPPER_KEYS)}"
+        )
+    raise CheckpointError(
+        f"{path} holds a {type(obj).__name__}, not model weights; save model.state_dict()"
+    )
+
+
+def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> LoadedCheckpoint:
+    """Reads the model weights of a checkpoint file on the CPU.
+
+    Args:
+        path: A ``.pt``/``.pth``/``.ckpt`` file (see the module docstring for the layouts).
+        trust: Allow full unpickling when ``weights_only=True`` is not enough. Only for files
+            from a source you trust: unpickling can run arbitrary code.
+
+    Raises:
+        CheckpointError: If the file is missing, unreadable or holds no weights.
+        UnsafeCheckpointError: If the file needs full unpickling and ``trust`` is false.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist (check ckpt_path)")
+    loaded_with = "weights_only"
+    # Read once: the hash recorded is that of exactly the bytes loaded.
+    data = p.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unpickler_reason(exc)
+        if not trust:
+            if "Unsupported global" not in str(exc):
+                raise CheckpointError(
+                    f"checkpoint {str(p)!r} cannot be read with torch.load(weights_only=True) "
+                    f"({reason}): it is not a torch.save file of tensors, or it is damaged. A raw "
+                    "pickle from a source you trust can be read with trust_checkpoint=true "
+                    "(unsafe: unpickling runs code)."
+                ) from exc
+            raise UnsafeCheckpointError(
+                f"checkpoint {str(p)!r} cannot be read with torch.load(weights_only=True): it "
+                f"stores Python objects beyond tensors and plain containers ({reason}), and "
+                "unpickling them can run arbitrary code. If you trust where this file comes from, "
+                "pass trust_checkpoint=true (advtrain-eval) or trust=True; better, re-save only "
+                "the weights: torch.save(model.state_dict(), path)."
+            ) from exc
+        banner = (
+            f"UNSAFE LOAD: {p} is being fully unpickled (weights_only=False) because "
+            "trust_checkpoint=true. This runs any code the file contains; do this only for "
+            "files from a trusted source."
+        )
+        print("!" * 78 + "\n" + banner + "\n" + "!" * 78, file=sys.stderr)
+        warnings.warn(banner, UserWarning, stacklevel=2)
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        except Exception as exc2:  # any unpickling failure: the file is not a checkpoint
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is not a readable torch file: {_first_line(exc2)}"
+            ) from exc2
+        loaded_with = "trusted_pickle"
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is not a readable torch file: {_first_line(exc)}"
+        ) from exc
+    state, fmt = _extract(obj, str(p))
+    return LoadedCheckpoint(str(p), state, fmt, loaded_with, digest)
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """torch's own reason (``Unsupported global: GLOBAL x.Y ...``) from a weights-only failure."""
+    text = " ".join(str(exc).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+        return text.split(" was not an allowed global")[0].split(" Check the documentation")[0]
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _best_prefix(keys: list[str], wanted: set[str]) -> str:
+    """The prefix whose removal makes the most checkpoint keys fit the model's keys."""
+    direct = len(wanted & set(keys))
+    votes: Counter[str] = Counter()
+    for k in keys:
+        for w in wanted:
+            if len(k) > len(w) and k.endswith(w) and k[-len(w) - 1] == ".":
+                votes[k[: -len(w)]] += 1
+    if not votes:
+        return ""
+    prefix, count = votes.most_common(1)[0]
+    return prefix if count > direct else ""
+
+
+def _summarise(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def match_state_dict(
+    model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint"
+) -> tuple[dict[str, Tensor], str]:
+    """Fits ``state``'s keys to ``model`` (stripping a prefix) or raises naming the differences.
+
+    Returns:
+        ``(state_dict for model.load_state_dict, stripped prefix)``.
+
+    Raises:
+        CheckpointMismatchError: Missing, unexpected or differently shaped keys.
+    """
+    target = model.state_dict()
+    wanted = set(target)
+    keys = list(state)
+    prefix = _best_prefix(keys, wanted)
+    fitted = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing = sorted(wanted - set(fitted))
+    unexpected = sorted(set(fitted) - wanted)
+    mismatched = [
+        (k, tuple(fitted[k].shape), tuple(target[k].shape))
+        for k in sorted(wanted & set(fitted))
+        if tuple(fitted[k].shape) != tuple(target[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_summarise(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_summarise(unexpected)}")
+        if mismatched:
+            shapes = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in mismatched]
+            parts.append(f"{len(mismatched)} key(s) with another shape: {_summarise(shapes, 6)}")
+        raise CheckpointMismatchError(
+            f"{source} does not fit the model {type(model).__name__}"
+            + (f" (after removing the key prefix {prefix!r})" if prefix else "")
+            + ": "
+            + "; ".join(parts)
+            + ". Choose the model config the checkpoint was trained with (e.g. model=small_cnn "
+            "model.width=...), or point run_dir= at the training run so its config is used.",
+            missing,
+            unexpected,
+            mismatched,
+        )
+    return fitted, prefix
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike[str], trust: bool = False
+) -> LoadedCheckpoint:
+    """Reads ``path`` safely (see :func:`read_checkpoint`) and loads it into ``model`` strictly.
+
+    Raises:
+        CheckpointError, UnsafeCheckpointError, CheckpointMismatchError: See above.
+    """
+    ckpt = read_checkpoint(path, trust=trust)
+    fitted, prefix = match_state_dict(model, ckpt.state_dict, f"checkpoint {str(path)!r}")
+    model.load_state_dict(fitted, strict=True)
+    ckpt.prefix = prefix
+    return ckpt
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "LoadedCheckpoint",
+    "UnsafeCheckpointError",
+    "load_weights",
+    "match_state_dict",
+    "read_checkpoint",
+]

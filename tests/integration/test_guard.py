@@ -1,0 +1,178 @@
+"""CatastrophicOverfittingGuard (Wong et al., ICLR 2020) in real Trainer runs on digits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from advtrain.attacks import FGSM, PGD
+from advtrain.callbacks import (
+    AdversarialTraining,
+    CatastrophicOverfittingGuard,
+    FreeAdversarialTraining,
+)
+from advtrain.schedules import Linear
+
+from .test_callback_helpers import (
+    EPS,
+    PlainClassifier,
+    digits,
+    one_thread,  # noqa: F401  (autouse fixture)
+    trainer,
+)
+
+
+class Collapse(pl.Callback):
+    """Placed before the guard: at the last batch of ``epoch`` the model starts answering 0 for
+    everything (a stand-in for a collapse), after recording the weights it had at the previous
+    epoch's check."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.good: dict[str, torch.Tensor] | None = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 != trainer.num_training_batches:
+            return
+        if trainer.current_epoch == self.epoch - 1:
+            self.good = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        if trainer.current_epoch == self.epoch:
+            last = pl_module.net[-1]
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.copy_(torch.arange(10, 0, -1).float())
+
+
+#: A radius the small network reaches clearly non-zero PGD accuracy at within a few epochs.
+GUARD_EPS = 0.1
+
+
+def fgsm_rs_at() -> AdversarialTraining:
+    return AdversarialTraining(FGSM(eps=GUARD_EPS, random_start=True), seed=0)
+
+
+def test_restore_and_stop() -> None:
+    pl.seed_everything(0, verbose=False)
+    collapse = Collapse(epoch=3)
+    guard = CatastrophicOverfittingGuard(n_examples=128, drop_threshold=0.15)
+    module = PlainClassifier()
+    tr = trainer([fgsm_rs_at(), collapse, guard], max_epochs=8)
+    with pytest.warns(UserWarning, match="catastrophic overfitting.*stopped training"):
+        tr.fit(module, datamodule=digits())
+    assert [h["triggered"] for h in guard.history] == [False, False, False, True]
+    assert tr.current_epoch == 4, "stopped at the end of the collapsed epoch"
+    assert guard.history[2]["pgd_acc"] > guard.history[3]["pgd_acc"] + 0.15
+    assert collapse.good is not None
+    for k, v in module.state_dict().items():  # the weights of the last good check
+        assert torch.equal(v, collapse.good[k]), k
+    assert guard.n_triggers == 1
+    assert float(tr.logged_metrics["guard/triggered"]) == 1.0
+    assert float(tr.logged_metrics["guard/pgd_acc"]) == pytest.approx(guard.history[-1]["pgd_acc"])
+
+
+def test_restore_and_reduce_alpha_keeps_training_and_survives_a_restart() -> None:
+    pl.seed_everything(0, verbose=False)
+    at = fgsm_rs_at()
+    alpha = at.attack.alpha  # type: ignore[union-attr]
+    guard = CatastrophicOverfittingGuard(
+        n_examples=128, drop_threshold=0.15, action="restore_and_reduce_alpha", alpha_factor=0.5
+    )
+    tr = trainer([at, Collapse(epoch=2), guard], max_epochs=4)
+    with pytest.warns(UserWarning, match="lowered the training attack's alpha"):
+        tr.fit(PlainClassifier(), datamodule=digits())
+    assert tr.current_epoch == 4, "training went on"
+    assert [h["triggered"] for h in guard.history] == [False, False, True, False]
+    assert at.attack.alpha == pytest.approx(0.5 * alpha)  # type: ignore[union-attr]
+    assert float(tr.logged_metrics["guard/alpha"]) == pytest.approx(0.5 * alpha)
+
+    # a resumed run applies the lowered step size again
+    state = guard.state_dict()
+    at2 = fgsm_rs_at()
+    guard2 = CatastrophicOverfittingGuard(
+        action="restore_and_reduce_alpha", every_n_epochs=None, every_n_steps=10**6
+    )
+    guard2.load_state_dict(state)
+    assert guard2.history == guard.history
+    trainer([at2, guard2], max_epochs=1, limit_train_batches=1).fit(
+        PlainClassifier(), datamodule=digits()
+    )
+    assert at2.attack.alpha == pytest.approx(0.5 * alpha)  # type: ignore[union-attr]
+
+
+def test_guard_is_transparent_when_nothing_collapses() -> None:
+    weights = []
+    for with_guard in (False, True):
+        pl.seed_everything(0, verbose=False)
+        module = PlainClassifier()
+        guard = CatastrophicOverfittingGuard(every_n_steps=3, n_examples=64)
+        callbacks = [fgsm_rs_at(), guard] if with_guard else [fgsm_rs_at()]
+        trainer(callbacks, max_epochs=2, limit_train_batches=5).fit(module, datamodule=digits())
+        weights.append(module.state_dict())
+        if with_guard:
+            # step checks at 3, 6, 9 and epoch checks at 5, 10 (none twice for the same step)
+            assert [h["step"] for h in guard.history] == [3, 5, 6, 9, 10]
+            assert not any(h["triggered"] for h in guard.history)
+    for k in weights[0]:  # the guard neither consumes the training RNG nor touches the model
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_default_attack_is_pgd10_at_the_final_scheduled_eps() -> None:
+    at = AdversarialTraining(
+        FGSM(eps=0.3, random_start=True), schedules={"eps": Linear(0.0, EPS, ramp=0.5)}
+    )
+    guard = CatastrophicOverfittingGuard(n_examples=16)
+    trainer([at, guard], max_epochs=1, limit_train_batches=1).fit(
+        PlainClassifier(), datamodule=digits()
+    )
+    assert isinstance(guard.attack, PGD)
+    assert guard.attack.steps == 10 and guard.attack.eps == pytest.approx(EPS)
+    x, _ = guard._examples  # type: ignore[misc]
+    assert x.shape == (16, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_epochs": None}, "every_n_epochs or every_n_steps"),
+        ({"drop_threshold": 1.5}, "drop_threshold"),
+        ({"action": "stop"}, "action must be one of"),
+        ({"alpha_factor": 1.0}, "alpha_factor"),
+        ({"reference": "first"}, "reference must be one of"),
+        ({"n_examples": 0}, "n_examples must be >= 1"),
+        ({"attack": "pgd"}, "attack must be an advtrain Attack"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(MisconfigurationException, match=match):
+        CatastrophicOverfittingGuard(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("training", "action", "match"),
+    [
+        (None, "restore_and_stop", "needs attack="),
+        (
+            FreeAdversarialTraining(eps=EPS),
+            "restore_and_reduce_alpha",
+            "attack has a step size alpha",
+        ),
+        (
+            AdversarialTraining(FGSM(eps=EPS), schedules={"alpha": Linear(0.1, 0.2)}),
+            "restore_and_reduce_alpha",
+            "schedule drives it",
+        ),
+    ],
+)
+def test_configurations_it_cannot_serve(training: Any, action: str, match: str) -> None:
+    guard = CatastrophicOverfittingGuard(action=action)  # type: ignore[arg-type]
+    callbacks = [training, guard] if training is not None else [guard]
+    with pytest.raises(MisconfigurationException, match=match):
+        trainer(callbacks, max_epochs=1, limit_train_batches=1).fit(
+            PlainClassifier(), datamodule=digits()
+        )

@@ -1,0 +1,117 @@
+"""The method configs of the command line (method=trades|mart|fast_at|free_at): composed with the
+real Hydra config, and each run for a few epochs on digits through ``advtrain.cli.train.run``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from advtrain.attacks import FGSM, PGD, TRADESAttack
+from advtrain.callbacks import (
+    AdversarialTraining,
+    CatastrophicOverfittingGuard,
+    FreeAdversarialTraining,
+)
+from advtrain.cli.config import compose
+from advtrain.cli.train import build_callbacks, run
+from advtrain.losses import MARTLoss, TRADESLoss
+
+from .conftest import FAST
+from .test_callback_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+
+def composed(method: str, *overrides: str) -> dict:
+    cfg = compose(overrides=[f"method={method}", "attack.eps=0.15", *overrides], output_dir="x")
+    return cfg
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_trades_and_mart_read_the_threat_model_from_the_attack_group() -> None:
+    for method, loss_cls, attack_cls in (
+        ("trades", TRADESLoss, TRADESAttack),
+        ("mart", MARTLoss, PGD),
+    ):
+        cfg = composed(method, "data.bounds=[0.0,1.0]", "attack.norm=l2", "attack.eps=0.5")
+        (cb,) = build_callbacks(cfg)[:1]
+        assert isinstance(cb, AdversarialTraining) and isinstance(cb.loss, loss_cls)
+        assert cb.loss.beta == 6.0
+        inner = cb.loss.attack
+        assert isinstance(inner, attack_cls)
+        assert (inner.eps, inner.norm, inner.bounds) == (0.5, "l2", (0.0, 1.0))
+        assert inner.steps == cfg.attack.steps == 7
+        assert set(cb.schedules) == {"eps"}  # the default ramp drives the inner attack
+        assert cfg.evaluation.attacks["pgd-50x5"].eps == 0.5
+
+
+def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:
+    cfg = composed("fast_at")
+    callbacks = build_callbacks(cfg)
+    at = callbacks[0]
+    assert isinstance(at, AdversarialTraining)
+    assert isinstance(at.attack, FGSM) and at.attack.random_start
+    assert at.attack.eps == 0.15 and at.attack.alpha == pytest.approx(1.25 * 0.15)
+    assert at.schedules == {}, "Fast-AT trains at the full eps from the start"
+    assert cfg.module.lr_schedule == "cyclic"
+    guards = [cb for cb in callbacks if isinstance(cb, CatastrophicOverfittingGuard)]
+    assert len(guards) == 1 and guards[0].action == "restore_and_stop"
+    assert cfg.attack._target_ == "advtrain.attacks.PGD", "the attack group stays the threat model"
+    assert cfg.method.name == "fast_at"
+
+
+def test_free_at_divides_the_epochs_of_the_recipe() -> None:
+    cfg = composed("free_at")
+    (cb,) = build_callbacks(cfg)[:1]
+    assert isinstance(cb, FreeAdversarialTraining)
+    assert (cb.eps, cb.norm, cb.replays, cb.divide_max_epochs) == (0.15, "linf", 4, True)
+    pgd_at = composed("pgd_at")
+    assert cfg.trainer.max_epochs == pgd_at.trainer.max_epochs  # divided at fit time
+
+
+@pytest.mark.parametrize("method", ["trades", "mart", "fast_at", "free_at"])
+def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
+    overrides = [
+        *FAST,
+        f"method={method}",
+        "trainer.max_epochs=4",
+        "trainer.log_every_n_steps=1",
+        "++trainer.limit_train_batches=3",
+        "evaluation.eps_factors=[0.0,1.0]",
+        "callbacks.robust_evaluation.every_n_epochs=2",
+    ]
+    if method == "fast_at":
+        overrides.append("callbacks.guard.n_examples=64")
+    cfg = compose(overrides=overrides, output_dir=str(tmp_path))
+    report = run(cfg)
+    assert report is not None
+    assert 0.0 <= report["robust_accuracy"]["pgd-50x5"] <= report["clean_accuracy"] <= 1.0
+    assert report["clean_accuracy"] > 0.2, "it learned something"
+    assert report["threat_model"]["eps"] == pytest.approx(0.2)
+    rows = metrics(tmp_path)
+    steps = {int(r["step"]) for r in rows if r.get("step")}
+    epochs = {int(r["epoch"]) for r in rows if r.get("epoch")}
+    if method == "free_at":
+        assert epochs == {0}, "4 epochs / 4 replays = 1 epoch"
+        assert max(steps) == 3 * 4 - 1, "every batch replayed 4 times"
+    else:
+        assert epochs == {0, 1, 2, 3}
+    if method in ("trades", "mart"):
+        assert any(r.get("adv/loss/robust") for r in rows)
+        assert any(r.get("adv/eps") for r in rows), "the eps schedule drives the inner attack"
+    if method == "fast_at":
+        accs = [float(r["guard/pgd_acc"]) for r in rows if r.get("guard/pgd_acc")]
+        assert len(accs) == 4 and all(0.0 <= a <= 1.0 for a in accs)
+        lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
+        assert not lrs or max(lrs) <= cfg.module.lr  # cyclic, peaking at lr
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any("Training" in key for key in state["callbacks"]), "callback state is saved"
+    OmegaConf.resolve(cfg)
+    assert instantiate(cfg.method.callback) is not None
