@@ -124,8 +124,10 @@ class HandTRADES(Classifier):
         logits = self(x)
         logits_adv = self(x_adv.detach())
         robust = F.kl_div(
-            F.log_softmax(logits_adv, dim=1), F.log_softmax(logits, dim=1),
-            reduction="batchmean", log_target=True,
+            F.log_softmax(logits_adv, dim=1),
+            F.log_softmax(logits, dim=1),
+            reduction="batchmean",
+            log_target=True,
         )
         return F.cross_entropy(logits, y) + TRADES_BETA * robust
 
@@ -306,15 +308,15 @@ def main() -> None:
     for name in names:
         ratio = statistics.median(ratios[name])
         flag = "ok" if ratio <= 1.05 else "over 1.05"
+        t_cb = statistics.median(times[name]["callback"])
+        t_hand = statistics.median(times[name]["hand"])
         print(
-            f"{name:14s} {ratio:13.3f} {flag:>6s} {statistics.median(times[name]['callback']):11.1f}"
-            f" {statistics.median(times[name]['hand']):8.1f}   {stats(robust[name]['callback']):>18s}"
-            f" {stats(robust[name]['hand']):>14s}"
+            f"{name:14s} {ratio:13.3f} {flag:>6s} {t_cb:11.1f} {t_hand:8.1f}   "
+            f"{stats(robust[name]['callback']):>18s} {stats(robust[name]['hand']):>14s}"
         )
     if "pgd_at" in names:
-        gap = 100 * (
-            statistics.mean(robust["pgd_at"]["callback"]) - statistics.mean(robust["pgd_at"]["hand"])
-        )
+        at = robust["pgd_at"]
+        gap = 100 * (statistics.mean(at["callback"]) - statistics.mean(at["hand"]))
         verdict = "within 3 points" if abs(gap) <= 3 else "NOT within 3 points"
         print(f"\nPGD-AT robust accuracy, callback - hand: {gap:+.1f} points ({verdict})")
 

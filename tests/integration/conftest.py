@@ -9,6 +9,7 @@ FAST = [
     "evaluation.n_examples=48",
     "evaluation.attacks.pgd-50x5.steps=5",
     "evaluation.attacks.pgd-50x5.restarts=2",
+    "evaluation.attacks.autoattack.version=fast",
     "evaluation.curve_attack.steps=3",
     "callbacks.robust_evaluation.n_examples=32",
     "callbacks.robust_evaluation.attack.steps=3",

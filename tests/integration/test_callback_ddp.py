@@ -65,7 +65,8 @@ class Recorder(pl.Callback):
         self.info["rank"] = trainer.global_rank
         self.info["world_size"] = trainer.world_size
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            attack = getattr(cb, "attack", None) or getattr(getattr(cb, "loss", None), "attack", None)
+            loss = getattr(cb, "loss", None)
+            attack = getattr(cb, "attack", None) or getattr(loss, "attack", None)
             if attack is not None and type(cb).__name__ == "AdversarialTraining":
                 self._wrap(attack)
 
@@ -86,7 +87,9 @@ class Recorder(pl.Callback):
 
         attack.perturb = recording
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         if "first_batch" not in self.info:
             self.info["first_batch"] = digest(split_batch(batch, 0, 1)[0])
 

@@ -87,7 +87,8 @@ class DictDigits(DigitsDataModule):
         x, y = self.train_set.tensors  # type: ignore[union-attr]
         gen = torch.Generator()
         gen.manual_seed(self.seed)
-        return DataLoader(DictDataset(x, y), batch_size=self.batch_size, shuffle=True, generator=gen)
+        dataset = DictDataset(x, y)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
 
     def val_dataloader(self) -> list[Any]:
         return []
@@ -152,8 +153,6 @@ def digits(batch_size: int = 64, **kwargs: Any) -> DigitsDataModule:
 def held_out(n: int = 200) -> tuple[Tensor, Tensor]:
     """The first ``n`` test digits (the same for every test)."""
     return digits().test_tensors(n)
-
-
 
 
 def robust_accuracy(model: nn.Module, eps: float = EPS, n: int = 200, steps: int = 10) -> float:

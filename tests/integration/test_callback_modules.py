@@ -51,8 +51,9 @@ def test_plain_module_trains_on_adversarial_inputs_and_becomes_robust() -> None:
     module = PlainClassifier(record=1)
     initial = PlainClassifier()
     initial.load_state_dict(module.state_dict())
-    trainer([AdversarialTraining(PGD(eps=EPS, steps=3), seed=0)], max_epochs=1,
-            limit_train_batches=1).fit(module, datamodule=dm)
+    trainer(
+        [AdversarialTraining(PGD(eps=EPS, steps=3), seed=0)], max_epochs=1, limit_train_batches=1
+    ).fit(module, datamodule=dm)
     x, y = first_clean_batch(dm)
     assert_adversarial(module.seen[0], x)
     with torch.no_grad():  # the attack raised the initial model's loss
@@ -70,12 +71,10 @@ def test_dict_batches_with_input_and_target_keys() -> None:
     dm = DictDigits(batch_size=64)
     dm.setup("fit")
     module = DictClassifier(record=2)
-    cb = AdversarialTraining(
-        PGD(eps=EPS, steps=2), input_key="image", target_key="label", seed=0
-    )
+    cb = AdversarialTraining(PGD(eps=EPS, steps=2), input_key="image", target_key="label", seed=0)
     trainer([cb], max_epochs=1, limit_train_batches=2).fit(module, datamodule=dm)
     x_all, _ = dm.train_set.tensors  # type: ignore[union-attr]
-    for seen, idx in zip(module.seen, module.indices):
+    for seen, idx in zip(module.seen, module.indices, strict=True):
         assert_adversarial(seen, x_all[idx])  # other keys ("index") are passed through
 
 
@@ -146,4 +145,6 @@ class FeaturesModule(PlainClassifier):
 def test_loss_wrapper_with_a_module_that_does_not_return_logits() -> None:
     cb = AdversarialTraining(loss=TRADESLoss(eps=EPS, steps=1))
     with pytest.raises(MisconfigurationException, match=r"forward to return logits.*tuple"):
-        trainer([cb], max_epochs=1, limit_train_batches=1).fit(FeaturesModule(), datamodule=digits())
+        trainer([cb], max_epochs=1, limit_train_batches=1).fit(
+            FeaturesModule(), datamodule=digits()
+        )

@@ -47,7 +47,11 @@ def eps_curve(log_dir: Path) -> dict[int, float]:
 
 
 def run(
-    tmp: Path, name: str, callbacks: list[pl.Callback], seed: int, ckpt: Path | None = None,
+    tmp: Path,
+    name: str,
+    callbacks: list[pl.Callback],
+    seed: int,
+    ckpt: Path | None = None,
     **kwargs: Any,
 ) -> tuple[pl.LightningModule, Path]:
     pl.seed_everything(seed, verbose=False)
@@ -55,7 +59,10 @@ def run(
     logger = CSVLogger(tmp, name=name, version=0)
     checkpoint = ModelCheckpoint(dirpath=tmp / name / "ckpt", save_last=True, save_top_k=0)
     tr = trainer(
-        [*callbacks, checkpoint], logger=logger, log_every_n_steps=1, enable_checkpointing=True,
+        [*callbacks, checkpoint],
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=True,
         **kwargs,
     )
     tr.fit(module, datamodule=digits(), ckpt_path=ckpt)

@@ -80,7 +80,9 @@ def test_bf16_mixed_loss_mode_and_free_at() -> None:
     seen = record_objective(loss.attack) if hasattr(loss.attack, "objective") else []
     module = PlainClassifier()
     tr = trainer(
-        [AdversarialTraining(loss=loss, seed=0)], max_epochs=1, limit_train_batches=3,
+        [AdversarialTraining(loss=loss, seed=0)],
+        max_epochs=1,
+        limit_train_batches=3,
         precision="bf16-mixed",
     )
     tr.fit(module, datamodule=digits())
@@ -95,4 +97,5 @@ def test_bf16_mixed_loss_mode_and_free_at() -> None:
     )
     delta = free.delta
     assert delta is not None and delta.dtype == torch.float32
-    assert float(delta.abs().max()) == pytest.approx(EPS)  # the input gradient reached the float32 inputs
+    # the input gradient reached the float32 inputs
+    assert float(delta.abs().max()) == pytest.approx(EPS)

@@ -209,3 +209,6 @@ def test_recipe_runs_end_to_end_on_synthetic_data(name: str, tmp_path: Path) -> 
     for value in summary.values():
         assert value is None or (0.0 <= value <= 1.0 and not math.isnan(value))
     assert saved["threat_model"]["eps"] == pytest.approx(EXPECTED.get(name, (0, 0, 0, 0.2))[3])
+    from advtrain.report.schema import validate_report
+
+    assert validate_report(saved) == []

@@ -41,6 +41,10 @@ def _cpu_copy(obj: Any) -> Any:
     return apply_to_collection(obj, Tensor, lambda t: t.detach().to("cpu", copy=True))
 
 
+def _optional_count(value: int | None, name: str) -> int | None:
+    return None if value is None else check_positive_int(value, name)
+
+
 def find_training_callback(trainer: pl.Trainer) -> pl.Callback | None:
     """The Trainer's adversarial-training callback: the first one with a ``final_threat`` method."""
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
@@ -121,12 +125,8 @@ class CatastrophicOverfittingGuard(pl.Callback):
                 f"{type(attack).__name__}"
             )
         try:
-            self.every_n_epochs = (
-                None if every_n_epochs is None else check_positive_int(every_n_epochs, "every_n_epochs")
-            )
-            self.every_n_steps = (
-                None if every_n_steps is None else check_positive_int(every_n_steps, "every_n_steps")
-            )
+            self.every_n_epochs = _optional_count(every_n_epochs, "every_n_epochs")
+            self.every_n_steps = _optional_count(every_n_steps, "every_n_steps")
             self.n_examples = check_positive_int(n_examples, "n_examples")
             self.seed = check_positive_int(seed, "seed", minimum=0)
         except (TypeError, ValueError) as err:
@@ -137,10 +137,13 @@ class CatastrophicOverfittingGuard(pl.Callback):
             )
         if isinstance(drop_threshold, bool) or not 0.0 <= float(drop_threshold) < 1.0:
             raise MisconfigurationException(
-                f"drop_threshold is a drop in accuracy in [0, 1) (paper: 0.2), got {drop_threshold!r}"
+                "drop_threshold is a drop in accuracy in [0, 1) (paper: 0.2), got "
+                f"{drop_threshold!r}"
             )
         if action not in ACTIONS:
-            raise MisconfigurationException(f"action must be one of {list(ACTIONS)}, got {action!r}")
+            raise MisconfigurationException(
+                f"action must be one of {list(ACTIONS)}, got {action!r}"
+            )
         if isinstance(alpha_factor, bool) or not 0.0 < float(alpha_factor) < 1.0:
             raise MisconfigurationException(
                 f"alpha_factor must lie in (0, 1) so the step size shrinks, got {alpha_factor!r}"
@@ -378,7 +381,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
         self.n_triggers += 1
         self._triggered_this_epoch = True
         pl_module.load_state_dict(self._good["module"])
-        for opt, state in zip(trainer.optimizers, self._good["optimizers"]):
+        for opt, state in zip(trainer.optimizers, self._good["optimizers"], strict=True):
             opt.load_state_dict(state)
         self._previous = float(self._good["pgd_acc"])
         what = (
@@ -396,8 +399,9 @@ class CatastrophicOverfittingGuard(pl.Callback):
         target.alpha = old * self.alpha_factor  # type: ignore[attr-defined]
         self._alpha = float(target.alpha)  # type: ignore[attr-defined]
         pl_module.log(self.log_prefix + "alpha", self._alpha, on_step=False, on_epoch=True)
-        rank_zero_warn(what + f" and lowered the training attack's alpha from {old:.4g} to "
-                       f"{self._alpha:.4g}")
+        rank_zero_warn(
+            what + f" and lowered the training attack's alpha from {old:.4g} to {self._alpha:.4g}"
+        )
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

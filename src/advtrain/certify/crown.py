@@ -46,10 +46,12 @@ from advtrain.certify._ops import (
     ReshapeOp,
     RunContext,
 )
+from advtrain.certify._patches import patch_bounds, patch_chain
 from advtrain.certify._spec import InputSet, check_arguments, margin_spec
 from advtrain.certify.ibp import _propagate, fold_target, ibp_pass, prepare, spec_interval
 
 INTERMEDIATE: tuple[str, ...] = ("crown", "ibp")
+CONV_MODES: tuple[str, ...] = ("patches", "matrix")
 #: Default number of numbers in one batch of backward coefficients (2**22: 16 MiB in float32).
 DEFAULT_CHUNK_ELEMENTS = 2**22
 
@@ -199,8 +201,14 @@ def intermediate_bounds(
     ctx: RunContext,
     method: str,
     chunk: int | None = None,
+    conv_mode: str = "patches",
 ) -> dict[int, Interval]:
-    """Bounds of every node whose consumer is nonlinear, by CROWN or by IBP."""
+    """Bounds of every node whose consumer is nonlinear, by CROWN or by IBP.
+
+    With ``conv_mode="patches"`` the CROWN bounds of convolutional layers reached from the input
+    through a chain of convolutions, elementwise-affine layers and ReLUs are computed on
+    receptive-field patches (:mod:`advtrain.certify._patches`), with the same result.
+    """
     need = _needed(graph)
     if not need:
         return {}
@@ -222,7 +230,15 @@ def intermediate_bounds(
         if src is not None and src in bounds and isinstance(node.op, (MonotoneOp, ReshapeOp)):
             bounds[k] = node.op.interval(ctx, bounds[src])
         else:
-            bounds[k] = _node_bounds(graph, k, bounds, inputs, ctx, chunk)
+            res = None
+            chain = patch_chain(graph, k) if conv_mode == "patches" else None
+            if chain is not None:
+                res = patch_bounds(
+                    graph, k, chain, bounds, inputs, ctx, DEFAULT_CHUNK_ELEMENTS, chunk
+                )
+            bounds[k] = res if res is not None else _node_bounds(
+                graph, k, bounds, inputs, ctx, chunk
+            )
     return bounds
 
 
@@ -235,13 +251,14 @@ def compute_crown(
     chunk: int | None = None,
     batch_stats: bool = False,
     need_upper: bool = True,
+    conv_mode: str = "patches",
 ) -> tuple[Tensor, Tensor | None]:
     """CROWN on checked arguments (see :func:`crown_bounds`); ``batch_stats`` handles BatchNorm
     in training mode with the clean batch's statistics and ``need_upper=False`` skips the upper
     bound of the final layer (training losses need only the lower margins)."""
     ctx = RunContext(batch_stats=batch_stats, relu_lower=relu_lower)
     graph, k = prepare(model, inputs, labels, ctx)
-    bounds = intermediate_bounds(graph, inputs, ctx, intermediate, chunk)
+    bounds = intermediate_bounds(graph, inputs, ctx, intermediate, chunk, conv_mode)
     return _final(graph, inputs, ctx, labels, k, bounds, need_upper)
 
 
@@ -303,6 +320,7 @@ def crown_bounds(
     *,
     relu_lower: str = "adaptive",
     chunk_size: int | None = None,
+    conv_mode: str = "patches",
 ) -> tuple[Tensor, Tensor]:
     """CROWN (Zhang et al. 2018) or CROWN-IBP (Zhang et al. 2020) bounds on logits or margins.
 
@@ -334,6 +352,10 @@ def crown_bounds(
         relu_lower: Lower slope of unstable ReLUs: ``"adaptive"`` (CROWN's default: 1 if
             ``u > -l`` else 0), ``"zero"`` or ``"one"`` (auto_LiRPA's ``zero-lb``/``one-lb``).
         chunk_size: Neurons per backward pass for intermediate bounds (``None``: automatic).
+        conv_mode: ``"patches"`` (default) computes intermediate bounds of convolutional
+            layers on receptive-field patches when the layers between them and the input are
+            convolutions, elementwise-affine layers and ReLUs (auto_LiRPA's default mode; much
+            cheaper); ``"matrix"`` always uses full feature maps. Both give the same bounds.
 
     Returns:
         ``(lower, upper)``, each ``(B, K)``.
@@ -355,7 +377,11 @@ def crown_bounds(
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    lower, upper = compute_crown(model, inputs, labels, intermediate, relu_lower, chunk_size)
+    if conv_mode not in CONV_MODES:
+        raise ValueError(f"conv_mode must be one of {list(CONV_MODES)}, got {conv_mode!r}")
+    lower, upper = compute_crown(
+        model, inputs, labels, intermediate, relu_lower, chunk_size, conv_mode=conv_mode
+    )
     assert upper is not None
     return lower, upper
 

@@ -10,11 +10,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
-from advtrain.attacks.base import Attack
+from advtrain.attacks.autoattack import AutoAttackResult
+from advtrain.attacks.checks import run_sanity_checks
 from advtrain.cli.certificates import certified_section
 from advtrain.data.base import tensors_sha256
+from advtrain.evaluation import evaluate_attacks
 from advtrain.report import environment, sha256_file, sha256_text, write_report
 
 
@@ -22,24 +24,6 @@ def load_lightning_weights(module: pl.LightningModule, checkpoint: str) -> None:
     """Loads a Lightning checkpoint's weights into ``module`` with ``weights_only=True``."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def robust_correct(
-    model: nn.Module, attack: Attack, x: Tensor, y: Tensor, batch_size: int
-) -> Tensor:
-    """Per-example boolean: still classified correctly after ``attack`` (batched)."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        x_adv = attack(model, xb, yb)
-        with torch.no_grad():
-            out.append(model(x_adv).argmax(1) == yb)
-    return torch.cat(out)
 
 
 def evaluate_checkpoint(
@@ -50,7 +34,12 @@ def evaluate_checkpoint(
     output_dir: Path,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Evaluates the best checkpoint on the test split and writes the report."""
+    """Evaluates the best checkpoint on the test split and writes the report.
+
+    Clean accuracy, each configured attack's robust accuracy and the per-example worst case
+    (:func:`advtrain.evaluation.evaluate_attacks`; AutoAttack's members are listed too), robust
+    accuracy along an eps grid, and the sanity flags of :mod:`advtrain.attacks.checks`.
+    """
     start = time.perf_counter()
     if checkpoint is not None:
         load_lightning_weights(module, checkpoint)
@@ -65,16 +54,34 @@ def evaluate_checkpoint(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier, x, y = classifier.to(device), x.to(device), y.to(device)
     batch_size = int(ev.get("batch_size", 512))
-    clean = _predict(classifier, x, batch_size) == y
-    robust: dict[str, float] = {}
-    worst = clean.clone()
-    for name, node in (ev.get("attacks") or {}).items():
-        attack = instantiate(node, _convert_="all")
-        correct = robust_correct(classifier, attack, x, y, batch_size) & clean
-        robust[str(name)] = float(correct.float().mean())
-        worst &= correct
-    if len(robust) > 1:
-        robust["worst_case"] = float(worst.float().mean())
+    attacks = {
+        str(name): instantiate(node, _convert_="all")
+        for name, node in (ev.get("attacks") or {}).items()
+    }
+    result = evaluate_attacks(classifier, (x, y), attacks, progress=False, batch_size=batch_size)
+    robust = dict(result.robust_accuracy)
+    attack_info: dict[str, Any] = {}
+    for name, attack in attacks.items():
+        node = OmegaConf.to_container(ev.attacks[name], resolve=True)
+        info: dict[str, Any] = {
+            "target": str(node.pop("_target_", type(attack).__name__)),  # type: ignore[union-attr]
+            "params": node,
+            "description": repr(attack),
+            "accuracy": robust[name],
+            "correct": result.counts[name],
+            "seconds": result.seconds.get(name, 0.0),
+        }
+        detail = result.details.get(name)
+        if isinstance(detail, AutoAttackResult):
+            counts = detail.counts
+            info["members"] = [
+                {"name": member, "accuracy_after": acc, "correct_after": counts[member]}
+                for member, acc in detail.accuracies.items()
+                if member in detail.robust_after
+            ]
+        attack_info[name] = info
+    if len(attacks) > 1:
+        robust["worst_case"] = result.worst_case_accuracy
     # Certified accuracy (IBP/CROWN bounds, randomized smoothing): advtrain.cli.certificates.
     certificates = {
         str(k): instantiate(v, _convert_="all") for k, v in (ev.get("certificates") or {}).items()
@@ -91,16 +98,27 @@ def evaluate_checkpoint(
         base_eps = float(cfg.attack.eps)
         for factor in ev.eps_factors:
             curve_attack.eps = float(factor) * base_eps
-            acc = robust_correct(classifier, curve_attack, x, y, batch_size) & clean
-            curve.append({"eps": curve_attack.eps, "accuracy": float(acc.float().mean())})
+            point = evaluate_attacks(
+                classifier, (x, y), {"a": curve_attack}, progress=False, batch_size=batch_size
+            )
+            curve.append({"eps": curve_attack.eps, "accuracy": point.robust_accuracy["a"]})
         timings["eps_curve"] = time.perf_counter() - t0
+
+    flags = run_sanity_checks(
+        classifier,
+        x[:256],
+        y[:256],
+        clean_acc=result.clean_accuracy,
+        per_attack_acc=dict(result.robust_accuracy),
+        eps_grid_acc={p["eps"]: p["accuracy"] for p in curve} or None,
+    )
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     (output_dir / "config_resolved.yaml").write_text(config_yaml)
     report: dict[str, Any] = {
         "schema_version": 1,
         "data": {"name": str(cfg.data.get("name", "data")), "split": "test"},
-        "clean_accuracy": float(clean.float().mean()),
+        "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": robust,
         "threat_model": {
             "norm": str(cfg.attack.norm),
@@ -108,6 +126,13 @@ def evaluate_checkpoint(
             "bounds": [float(b) for b in cfg.data.bounds],
         },
         "n_examples": len(y),
+        "attacks": attack_info,
+        "counts": result.counts,
+        "per_class_accuracy": {
+            name: [None if v != v else float(v) for v in values.tolist()]
+            for name, values in result.per_class_accuracy(int(cfg.data.num_classes)).items()
+        },
+        "sanity_flags": [flag.to_dict() for flag in flags],
         "eps_curve": curve,
         "eps_curve_attack": curve_name,
         "checkpoint": {

@@ -31,8 +31,12 @@ from advtrain.models import Normalize
 from advtrain.models.resnet import PreActBlock
 from advtrain.threat import ThreatModel
 
-CONV_KINDS = ("conv", "conv_s2", "conv1x1", "bn", "relu", "leaky", "tanh", "sigmoid", "avgpool",
-              "maxpool", "maxpool_overlap", "residual", "preact", "identity", "dropout")
+CONV_KINDS = ("conv", "conv_s2", "conv1x1", "conv_pad0", "conv_dilated", "conv_depthwise", "bn",
+              "relu", "leaky", "tanh", "sigmoid", "avgpool", "maxpool", "maxpool_overlap", "gap",
+              "residual", "preact", "identity", "dropout")
+#: Layers the patches form of CROWN handles (chains of these from the input).
+PATCH_KINDS = ("conv", "conv_s2", "conv1x1", "conv_pad0", "conv_dilated", "conv_depthwise", "bn",
+               "relu", "leaky")
 DENSE_KINDS = ("linear", "bn1d", "relu", "leaky", "tanh", "identity", "dropout")
 #: Layers CROWN relaxes (tanh/sigmoid are IBP only).
 CROWN_CONV_KINDS = tuple(k for k in CONV_KINDS if k not in ("tanh", "sigmoid"))
@@ -91,6 +95,14 @@ def random_net(
             out = int(torch.randint(2, 5, (1,), generator=gen))
             layers.append(nn.Conv2d(c, out, 3, stride=2, padding=1))
             c, h, w = out, (h + 1) // 2, (w + 1) // 2
+        elif kind == "conv_pad0" and h >= 4:
+            layers.append(nn.Conv2d(c, c + 1, 3))
+            c, h, w = c + 1, h - 2, w - 2
+        elif kind == "conv_dilated":
+            layers.append(nn.Conv2d(c, c, 3, padding=2, dilation=2))
+        elif kind == "conv_depthwise":
+            layers.append(nn.Conv2d(c, 2 * c, 3, padding=1, groups=c))
+            c = 2 * c
         elif kind == "conv1x1":
             layers.append(nn.Conv2d(c, c, 1))
         elif kind == "bn":
@@ -109,6 +121,9 @@ def random_net(
         elif kind == "maxpool" and h >= 4:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
+        elif kind == "gap":  # global average pooling (adaptive)
+            layers.append(nn.AdaptiveAvgPool2d(1))
+            h = w = 1
         elif kind == "maxpool_overlap":
             layers.append(nn.MaxPool2d(3, stride=1, padding=1))
         elif kind == "residual":

@@ -14,6 +14,7 @@ from bounds_helpers import (
     CROWN_CONV_KINDS,
     CROWN_DENSE_KINDS,
     DENSE_KINDS,
+    PATCH_KINDS,
     Residual,
     attacked_points,
     crown_lp_reference,
@@ -245,12 +246,27 @@ def test_bounds_do_not_depend_on_the_batch(fn):
         torch.testing.assert_close(up[0], upper[b], atol=1e-10, rtol=0)
 
 
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(PATCH_KINDS), min_size=2, max_size=6), st.integers(0, 10_000),
+       st.sampled_from(["linf", "l2"]), st.booleans())
+def test_crown_patches_equal_full_feature_maps(kinds, seed, norm, normalize):
+    model = random_net([*kinds, "relu"], ["linear", "relu"], seed, in_shape=(2, 7, 7),
+                       normalize=normalize)
+    x = _inputs(seed, shape=(2, 7, 7), batch=2)
+    labels = torch.tensor([1, 3])
+    dense = crown_bounds(model, x, 0.05, norm=norm, labels=labels, conv_mode="matrix")
+    patches = crown_bounds(model, x, 0.05, norm=norm, labels=labels, conv_mode="patches")
+    torch.testing.assert_close(patches[0], dense[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(patches[1], dense[1], atol=1e-10, rtol=0)
+
+
 def test_crown_chunking_does_not_change_bounds():
     model = random_net(["conv", "relu", "conv", "relu"], ["linear", "relu"], 2)
     x = _inputs(2)
-    ref = crown_bounds(model, x, 0.05)
-    for chunk in (1, 7, 10_000):
-        out = crown_bounds(model, x, 0.05, chunk_size=chunk)
+    ref = crown_bounds(model, x, 0.05, conv_mode="matrix")
+    for chunk, mode in ((1, "matrix"), (7, "matrix"), (10_000, "matrix"), (5, "patches"),
+                        (None, "patches")):
+        out = crown_bounds(model, x, 0.05, chunk_size=chunk, conv_mode=mode)
         torch.testing.assert_close(out[0], ref[0], atol=1e-10, rtol=0)
         torch.testing.assert_close(out[1], ref[1], atol=1e-10, rtol=0)
 
@@ -527,6 +543,8 @@ def test_crown_argument_errors():
         crown_bounds(model, x, 0.1, relu_lower="optimized")
     with pytest.raises(ValueError, match="chunk_size"):
         crown_bounds(model, x, 0.1, chunk_size=0)
+    with pytest.raises(ValueError, match="conv_mode"):
+        crown_bounds(model, x, 0.1, conv_mode="dense")
 
 
 @pytest.mark.parametrize(
