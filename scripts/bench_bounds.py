@@ -7,8 +7,8 @@ Measures, on a SmallCNN for 3×32×32 inputs (conv 16 → conv 32 stride 2 → l
    (target <= 2.5x). Also the training-step ratio: ``IBPLoss`` forward+backward against a clean
    cross-entropy step.
 2. CROWN (full, intermediate bounds by CROWN) and CROWN-IBP at batch 8: median time and peak
-   memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: growth of the process's peak RSS
-   over the first call, in a fresh subprocess so earlier allocations do not hide it).
+   memory: growth of the resident set size during the first call, sampled every millisecond
+   in a fresh subprocess (and ``torch.cuda.max_memory_allocated`` on CUDA).
 
 Usage::
 
@@ -23,6 +23,7 @@ import multiprocessing as mp
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -108,8 +109,6 @@ def _crown_worker(device: str, method: str, repeats: int, batch: int, out: Any) 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
@@ -119,15 +118,56 @@ def _crown_worker(device: str, method: str, repeats: int, batch: int, out: Any) 
             crown_bounds(model, x, 2 / 255, labels=y, intermediate=method)
 
     # The first call (tracing, lowering, the largest buffers) sets the peak; then time it.
-    first = _time(run, device)
-    result = {"first_call_s": first}
+    sampler = _RssSampler()
+    with sampler:
+        first = _time(run, device)
+    result = {"first_call_s": first, "peak_rss_growth_mib": sampler.growth_mib}
     if device == "cuda":
-        result["peak_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result["peak_mib"] = (peak - base_rss) * scale / 2**20
+        result["peak_cuda_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     result["median_s"] = statistics.median([_time(run, device) for _ in range(repeats)])
     out.put(result)
+
+
+class _RssSampler:
+    """Peak growth of the resident set size during a block, sampled every millisecond.
+
+    Large tensors are allocated with ``mmap`` and returned on free, so they show up as RSS growth
+    while alive (Linux ``/proc/self/statm``; elsewhere the process's ``ru_maxrss`` is used).
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.base = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * resource.getpagesize()
+        except OSError:
+            scale = 1 if sys.platform == "darwin" else 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __enter__(self) -> _RssSampler:
+        self.base = self.peak = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
 
 
 def bench_crown(device: str, repeats: int, batch: int = 8) -> dict[str, dict[str, float]]:

@@ -36,6 +36,7 @@ def overrides(method: str, processes: int) -> list[str]:
         "evaluation.n_examples=200",
         "evaluation.attacks.pgd-50x5.steps=10",
         "evaluation.attacks.pgd-50x5.restarts=1",
+        "~evaluation.attacks.autoattack",
         "evaluation.eps_factors=[0.0,1.0]",
         "evaluation.curve_attack.steps=3",
         "callbacks.robust_evaluation.n_examples=64",

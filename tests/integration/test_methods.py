@@ -85,6 +85,7 @@ def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
         "trainer.log_every_n_steps=1",
         "++trainer.limit_train_batches=3",
         "evaluation.eps_factors=[0.0,1.0]",
+        "~evaluation.attacks.autoattack",
         "callbacks.robust_evaluation.every_n_epochs=2",
     ]
     if method == "fast_at":

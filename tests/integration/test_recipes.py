@@ -148,7 +148,7 @@ def _shrink(cfg: DictConfig) -> None:
                         "bounds": node.bounds,
                     }
                 ]
-            elif target == "advtrain.cli.certificates.SmoothingCertificate":
+            elif target == "advtrain.certify.certificates.SmoothingCertificate":
                 node.n0, node.n, node.batch_size, node.alpha = 8, 32, 32, 0.1
             for key in ("steps", "restarts"):
                 if key in node and not OmegaConf.is_interpolation(node, key):

@@ -1,6 +1,7 @@
 """Lightning callbacks: adversarial training on the fly and robust/certified evaluation."""
 
 from advtrain.callbacks.adversarial_training import AdversarialTraining
+from advtrain.callbacks.certified_evaluation import CertifiedEvaluation
 from advtrain.callbacks.free import FreeAdversarialTraining
 from advtrain.callbacks.guard import CatastrophicOverfittingGuard
 from advtrain.callbacks.robust_evaluation import RobustEvaluation
@@ -8,6 +9,7 @@ from advtrain.callbacks.robust_evaluation import RobustEvaluation
 __all__ = [
     "AdversarialTraining",
     "CatastrophicOverfittingGuard",
+    "CertifiedEvaluation",
     "FreeAdversarialTraining",
     "RobustEvaluation",
 ]

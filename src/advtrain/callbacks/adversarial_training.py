@@ -277,12 +277,18 @@ class AdversarialTraining(pl.Callback):
     def final_threat(self, trainer: pl.Trainer | None = None) -> ThreatModel | None:
         """The threat model training ends at: the scheduled ``eps`` at the end of the run.
 
-        Returns ``None`` when neither the attack nor the loss wrapper has a threat model.
+        Looked up on the attack, a loss wrapper's inner ``attack``, or a loss wrapper with its own
+        ``eps``/``norm``/``bounds`` (IBP, CROWN-IBP); a certified-training loss that trains at a
+        larger radius (``eps_train_factor``, e.g. 1.1) reports the test radius. Returns ``None``
+        when none of them has a threat model (e.g. Gaussian-noise training).
         """
-        owner = (
-            self.target if hasattr(self.target, "threat") else getattr(self.target, "attack", None)
-        )
-        threat = getattr(owner, "threat", None)
+        threat = getattr(self.target, "threat", None)
+        if threat is None:
+            threat = getattr(getattr(self.target, "attack", None), "threat", None)
+        if threat is None and all(hasattr(self.target, a) for a in ("eps", "norm", "bounds")):
+            threat = ThreatModel(
+                norm=self.target.norm, eps=self.target.eps, bounds=self.target.bounds
+            )
         if threat is None:
             return None
         eps = threat.eps
@@ -298,6 +304,7 @@ class AdversarialTraining(pl.Callback):
                             steps = 0
                     end = Progress(step=steps, epoch=float(trainer.max_epochs or 0), fraction=1.0)
                 eps = schedule.value_at(end.in_unit(schedule.unit))
+        eps /= float(getattr(self.target, "eps_train_factor", 1.0) or 1.0)
         return ThreatModel(norm=threat.norm, eps=eps, bounds=threat.bounds)
 
     # -- checkpointing --------------------------------------------------------------------------

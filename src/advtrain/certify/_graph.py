@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from advtrain.certify._ops import (
     AddOp,
@@ -274,8 +275,8 @@ class _Lowerer:
             raise _unsupported(name, "a layer called with several inputs")
         x: _Perturbed = args[0]
         shape = tuple(x.value.shape[1:])
-        if isinstance(m, (nn.Identity, nn.Dropout)):
-            if isinstance(m, nn.Dropout):
+        if isinstance(m, (nn.Identity, _DropoutNd)):
+            if isinstance(m, _DropoutNd):
                 self.dropouts.append((name, m))
             return x
         if isinstance(m, nn.Linear):
@@ -344,7 +345,7 @@ class _Lowerer:
             is_method and target in ("size", "dim")
         ):
             return self._concrete(node, _unwrap(args), _unwrap(kwargs))
-        if (is_method and target in ("contiguous", "clone", "detach_")) or (
+        if (is_method and target in ("contiguous", "clone")) or (
             target is F.dropout and not _arg(args, kwargs, 2, "training", True)
         ) or (target is F.dropout and float(_arg(args, kwargs, 1, "p", 0.5)) == 0):
             return first

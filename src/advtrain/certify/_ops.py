@@ -150,6 +150,15 @@ class AffineOp(BoundOp):
         lower = c - r
         return lower, c.add_(r)
 
+    def interval_owned(self, ctx: RunContext, iv: Interval) -> Interval:
+        """:meth:`interval` reusing the input box's buffers (the caller owns them, no autograd)."""
+        lo, hi = iv
+        total = hi.add_(lo)
+        width = lo.mul_(-2.0).add_(total)  # hi - lo
+        c, r = self.center_radius(ctx, total, width)
+        lower = c - r
+        return lower, c.add_(r)
+
     def center_radius(self, ctx: RunContext, total: Tensor, width: Tensor) -> Interval:
         """``(M·(total/2) + b, |M|·(width/2))`` for ``total = hi + lo``, ``width = hi - lo``."""
         return self.apply(ctx, total.mul_(0.5)), self.apply_abs(ctx, width.mul_(0.5))

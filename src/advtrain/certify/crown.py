@@ -11,11 +11,13 @@ References:
     Training of Verifiably Robust Neural Networks", ICLR 2020 (CROWN-IBP): intermediate bounds by
     IBP, the final spec by a CROWN backward pass.
 
-The numbers are those of auto_LiRPA's ``compute_bounds(method="CROWN")`` (or ``"CROWN-IBP"``) with
+The computation follows auto_LiRPA's ``compute_bounds(method="CROWN")`` (or ``"CROWN-IBP"``) with
 ``bound_opts={"sparse_intermediate_bounds": False}``, i.e. the textbook definition in which every
-intermediate neuron is bounded by CROWN (auto_LiRPA's default additionally keeps IBP bounds for
-neurons that IBP already proves stable for the whole batch, which changes results in rare cases).
-Conventions shared with auto_LiRPA:
+intermediate neuron is bounded by CROWN. (auto_LiRPA's default additionally keeps IBP bounds for
+neurons that IBP already proves stable for the whole batch; since CROWN is not always tighter than
+IBP, that can change results in rare cases.) The conventions were read from auto_LiRPA's source
+(``perturbations.py``, ``operators/relu.py``, ``interval_bound.py``); the library itself was not
+run here. Conventions shared with auto_LiRPA:
 
 * ``linf``: the input domain is the box ``x_L = max(x - eps, low)``, ``x_U = min(x + eps, high)``;
   a linear bound ``A·x' + c`` is concretised as ``A·(x_U + x_L)/2 ∓ |A|·(x_U - x_L)/2 + c``;
@@ -25,7 +27,15 @@ Conventions shared with auto_LiRPA:
 * bounds of a layer that only sees the input through elementwise-affine layers and a single
   linear/convolution layer are computed directly (interval arithmetic is exact there, as in
   auto_LiRPA's first-linear-layer shortcut), and a ReLU's output bounds are its input bounds
-  passed through the ReLU.
+  passed through the ReLU;
+* convolutional layers reached from the input through convolutions, elementwise-affine layers
+  and ReLUs get their intermediate bounds on receptive-field patches (``conv_mode="patches"``,
+  :mod:`advtrain.certify._patches`), other layers on full feature maps in chunks of neurons
+  (``conv_mode="matrix"``); both give the same numbers.
+
+Differences: the max-pool relaxation also handles overlapping windows and pads with ``-inf``; for
+CROWN-IBP with ``l2`` the intermediate IBP bounds are intersected with the input box (see
+:func:`advtrain.certify.interval_bounds`), which auto_LiRPA's IBP does not do.
 """
 
 from __future__ import annotations
@@ -333,8 +343,9 @@ def crown_bounds(
 
     Intermediate bounds by CROWN need one backward pass per neuron of every layer that feeds a
     ReLU; they are batched in chunks of ``chunk_size`` neurons (by default sized so that one batch
-    of coefficients holds at most 2**22 numbers), so convolutional networks fit in memory at a
-    cost in time. CROWN-IBP needs a single backward pass.
+    of coefficients holds at most 2**22 numbers), so convolutional networks fit in memory, and
+    convolutional layers use receptive-field patches where possible (``conv_mode``). CROWN-IBP
+    needs a single backward pass.
 
     Supported layers: those of :func:`advtrain.certify.interval_bounds` except the smooth
     activations (Sigmoid, Tanh, ELU, ...), which raise ``NotImplementedError`` naming the layer;

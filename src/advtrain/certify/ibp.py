@@ -103,6 +103,8 @@ def _propagate(
     l2 = inputs.norm == "l2"
     ivs: list[Interval | None] = [None] * n_nodes
     aff: list[_Affine | None] = [None] * n_nodes
+    # Boxes held in buffers nobody else reads or saves (reusable by their only consumer).
+    owned = [False] * n_nodes
     ivs[0] = inputs.box(clip=not l2 or clip_l2)
     if l2:
         x = inputs.x
@@ -131,8 +133,21 @@ def _propagate(
             # allocations per layer).
             ivs[node.inputs[0]] = None
             ivs[i] = op.interval_inplace(ctx, ins[0])
+            owned[i] = not (ins[0][0].requires_grad or ins[0][1].requires_grad)  # type: ignore[index]
+        elif (
+            isinstance(op, (DenseOp, ConvOp))
+            and owned[node.inputs[0]]
+            and graph.consumers[node.inputs[0]] == 1
+            and node.inputs[0] not in want
+        ):
+            ivs[node.inputs[0]] = None
+            ivs[i] = op.interval_owned(ctx, ins[0])  # type: ignore[arg-type]
+            owned[i] = True
         else:
             ivs[i] = op.interval(ctx, *ins)  # type: ignore[arg-type]
+            owned[i] = isinstance(op, (DenseOp, ConvOp, AddOp, MonotoneOp)) and not (
+                ivs[i][0].requires_grad or ivs[i][1].requires_grad  # type: ignore[index]
+            )
         for j in node.inputs:
             if graph.last_use[j] <= i and j not in want:
                 ivs[j] = None

@@ -14,7 +14,7 @@ from torch import nn
 
 from advtrain.attacks.autoattack import AutoAttackResult
 from advtrain.attacks.checks import run_sanity_checks
-from advtrain.cli.certificates import certified_section
+from advtrain.certify.certificates import certified_section
 from advtrain.data.base import tensors_sha256
 from advtrain.evaluation import evaluate_attacks
 from advtrain.report import environment, sha256_file, sha256_text, write_report
@@ -82,7 +82,7 @@ def evaluate_checkpoint(
         attack_info[name] = info
     if len(attacks) > 1:
         robust["worst_case"] = result.worst_case_accuracy
-    # Certified accuracy (IBP/CROWN bounds, randomized smoothing): advtrain.cli.certificates.
+    # Certified accuracy (IBP/CROWN bounds, randomized smoothing): advtrain.certify.certificates.
     certificates = {
         str(k): instantiate(v, _convert_="all") for k, v in (ev.get("certificates") or {}).items()
     }

@@ -34,8 +34,17 @@ from advtrain.models import MLP, Normalize, PreActResNet18, SmallCNN
 TOL = 1e-5
 BOX = (0.0, 1.0)
 PROPERTY = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests use tiny tensors: one thread avoids contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _inputs(seed: int, shape: tuple[int, ...] = (2, 6, 6), batch: int = 3) -> torch.Tensor:
@@ -258,6 +267,20 @@ def test_crown_patches_equal_full_feature_maps(kinds, seed, norm, normalize):
     patches = crown_bounds(model, x, 0.05, norm=norm, labels=labels, conv_mode="patches")
     torch.testing.assert_close(patches[0], dense[0], atol=1e-10, rtol=0)
     torch.testing.assert_close(patches[1], dense[1], atol=1e-10, rtol=0)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(conv_kinds, dense_kinds, st.integers(0, 10_000), st.sampled_from(["linf", "l2"]))
+def test_bounds_without_autograd_equal_bounds_with_it(convs, denses, seed, norm):
+    """Without autograd IBP reuses buffers in place; the numbers must not change."""
+    model = random_net(["conv", "relu", *convs, "conv", "relu"], [*denses, "linear", "relu"], seed)
+    x = _inputs(seed)
+    labels = torch.tensor([0, 1, 2])
+    with_grad = interval_bounds(model, x, 0.05, norm=norm, labels=labels)
+    with torch.no_grad():
+        without = interval_bounds(model, x, 0.05, norm=norm, labels=labels)
+    torch.testing.assert_close(without[0], with_grad[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(without[1], with_grad[1], atol=1e-12, rtol=0)
 
 
 def test_crown_chunking_does_not_change_bounds():

@@ -19,6 +19,15 @@ from advtrain.certify import crown_bounds, interval_bounds, verified
 EPS = 0.1
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests use tiny tensors: one thread avoids contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _evaluate(model: torch.nn.Module, n_crown: int = 100) -> dict[str, float]:
     _, _, x, y = digits_split()
     with torch.no_grad():

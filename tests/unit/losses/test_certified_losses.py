@@ -14,6 +14,15 @@ from advtrain.losses import CROWNIBPLoss, IBPLoss
 from advtrain.models import SmallCNN
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests use tiny tensors: one thread avoids contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(bn: bool = False) -> nn.Module:
     torch.manual_seed(0)
     if not bn:

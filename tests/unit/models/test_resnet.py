@@ -11,6 +11,15 @@ from advtrain.models import Normalize, PreActResNet18, WideResNet
 from advtrain.models.resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock, count_parameters
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests use tiny tensors: one thread avoids contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_preact_resnet18_forward_shape_and_normalisation():
     torch.manual_seed(0)
     model = PreActResNet18(num_classes=7, width=4).eval()

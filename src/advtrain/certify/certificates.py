@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import check_positive_int
-from advtrain.certify import Smooth, crown_bounds, interval_bounds, verified
+from advtrain.certify.bounds import crown_bounds, interval_bounds, verified
+from advtrain.certify.smoothing import Smooth
 
 BOUND_METHODS: tuple[str, ...] = ("ibp", "crown_ibp", "crown")
 
@@ -204,7 +205,7 @@ def certified_section(
         if kind not in ("bounds", "smoothing") or not hasattr(certificate, "evaluate"):
             raise TypeError(
                 f"evaluation.certificates.{name} must build a BoundCertificate or a "
-                "SmoothingCertificate (advtrain.cli.certificates), got "
+                "SmoothingCertificate (advtrain.certify.certificates), got "
                 f"{type(certificate).__name__}"
             )
         entry = certificate.evaluate(model, x, y)
