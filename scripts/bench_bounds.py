@@ -92,7 +92,8 @@ def bench_ibp(device: str, repeats: int, batch: int = 128) -> dict[str, float]:
 
     med = interleaved(
         {"forward": forward, "ibp": ibp, "clean_step": clean_step, "ibp_step": ibp_step},
-        repeats, device,
+        repeats,
+        device,
     )
     return {
         "forward_ms": 1e3 * med["forward"],

@@ -50,7 +50,16 @@ def check_autocast(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return rows
 
 
-def _hand_pgd_step(model, opt, x, y, eps, alpha, steps, gen) -> None:  # noqa: ANN001
+def _hand_pgd_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    gen: torch.Generator,
+) -> None:
     delta = (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
     x_adv = (x + delta).clamp(0, 1)
     model.eval()
@@ -136,7 +145,8 @@ def certify_rate(device: torch.device, n: int) -> str:
     smooth.certify(x, n0=100, n=n, alpha=0.001, batch_size=min(n, 1000))
     _sync(device)
     dt = time.perf_counter() - t0
-    return f"| smoothing certify, n0=100 n={n} | {(n + 100) / dt:,.0f} noisy forwards/s | {dt:.2f} s/image |"
+    rate = (n + 100) / dt
+    return f"| smoothing certify, n0=100 n={n} | {rate:,.0f} noisy forwards/s | {dt:.2f} s/image |"
 
 
 def main() -> None:

@@ -93,8 +93,10 @@ class LoadedCheckpoint:
 
 
 def _tensor_dict(obj: Any) -> dict[str, Tensor] | None:
-    if isinstance(obj, Mapping) and obj and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    if (
+        isinstance(obj, Mapping)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     ):
         return dict(obj)
     return None

@@ -51,9 +51,9 @@ def test_valid_keys_follow_the_chosen_option() -> None:
 
 
 def test_error_in_a_config_file_names_the_file() -> None:
-    # digits_quickstart (the default recipe) sets attack.steps, which FGSM does not take.
-    message = _error(["attack=fgsm"])
-    assert "'attack.steps' is not a valid key (set in recipe/digits_quickstart.yaml)" in message
+    # madry_mnist sets attack.steps (PGD-40), which FGSM does not take.
+    message = _error(["recipe=madry_mnist", "attack=fgsm"])
+    assert "'attack.steps' is not a valid key (set in recipe/madry_mnist.yaml)" in message
 
 
 def test_method_and_schedule_typos_name_the_valid_keys() -> None:

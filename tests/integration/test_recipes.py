@@ -200,7 +200,7 @@ def test_recipe_runs_end_to_end_on_synthetic_data(name: str, tmp_path: Path) -> 
     assert 0.0 <= saved["clean_accuracy"] <= 1.0
     for value in saved["robust_accuracy"].values():
         assert 0.0 <= value <= saved["clean_accuracy"]
-    expected = EXPECTED.get(name, ("", "", "", 0.0, "", {"pgd-50x5"}))[-1]
+    expected = EXPECTED.get(name, ("", "", "", 0.0, "", {"pgd-50x5", "autoattack"}))[-1]
     attacks = {e for e in expected if not e.startswith("cert:")}
     certificates = {e[5:] for e in expected if e.startswith("cert:")}
     assert set(saved["robust_accuracy"]) - {"worst_case"} == attacks

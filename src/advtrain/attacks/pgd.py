@@ -95,9 +95,7 @@ class PGD(Attack):
         """One restart from a random (or the clean) point; returns the final iterate."""
         threat = self.threat
         alpha = self.alpha
-        x_adv = (
-            threat.random_start(x, self.generator(x.device)) if self.random_start else x.clone()
-        )
+        x_adv = threat.random_start(x, self.generator(x.device)) if self.random_start else x.clone()
         for step in range(self.steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)

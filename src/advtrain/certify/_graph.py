@@ -50,17 +50,35 @@ _MONOTONE_MODULES: dict[type, Callable[[nn.Module], Callable[[Tensor], Tensor]]]
     nn.Sigmoid: lambda m: torch.sigmoid,
     nn.Tanh: lambda m: torch.tanh,
     nn.ReLU6: lambda m: F.relu6,
-    nn.Hardtanh: lambda m: (lambda t: F.hardtanh(t, m.min_val, m.max_val)),
-    nn.ELU: lambda m: (lambda t: F.elu(t, m.alpha)),
-    nn.Softplus: lambda m: (lambda t: F.softplus(t, m.beta, m.threshold)),
+    nn.Hardtanh: lambda m: lambda t: F.hardtanh(t, m.min_val, m.max_val),
+    nn.ELU: lambda m: lambda t: F.elu(t, m.alpha),
+    nn.Softplus: lambda m: lambda t: F.softplus(t, m.beta, m.threshold),
     nn.Hardsigmoid: lambda m: F.hardsigmoid,
 }
 
 SUPPORTED_LAYERS: tuple[str, ...] = (
-    "Linear", "Conv2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ReLU6", "Hardtanh", "ELU",
-    "Softplus", "Hardsigmoid", "BatchNorm1d", "BatchNorm2d", "Flatten", "AvgPool2d",
-    "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Identity", "advtrain.models.Normalize",
-    "nn.Sequential", "residual additions (x + f(x))",
+    "Linear",
+    "Conv2d",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "ReLU6",
+    "Hardtanh",
+    "ELU",
+    "Softplus",
+    "Hardsigmoid",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Flatten",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "MaxPool2d",
+    "Dropout",
+    "Identity",
+    "advtrain.models.Normalize",
+    "nn.Sequential",
+    "residual additions (x + f(x))",
 )
 
 
@@ -302,8 +320,16 @@ class _Lowerer:
             return self._leaky(name, x, m.negative_slope)
         if isinstance(m, nn.AvgPool2d):
             return self.add(
-                AvgPoolOp(name, shape, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                          m.count_include_pad, m.divisor_override),
+                AvgPoolOp(
+                    name,
+                    shape,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.ceil_mode,
+                    m.count_include_pad,
+                    m.divisor_override,
+                ),
                 [x],
             )
         if isinstance(m, nn.AdaptiveAvgPool2d):
@@ -312,8 +338,7 @@ class _Lowerer:
             if m.return_indices:
                 raise _unsupported(name, "MaxPool2d(return_indices=True)")
             return self.add(
-                MaxPoolOp(name, shape, m.kernel_size, m.stride, m.padding, m.dilation,
-                          m.ceil_mode),
+                MaxPoolOp(name, shape, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode),
                 [x],
             )
         for cls, make in _MONOTONE_MODULES.items():
@@ -345,13 +370,18 @@ class _Lowerer:
             is_method and target in ("size", "dim")
         ):
             return self._concrete(node, _unwrap(args), _unwrap(kwargs))
-        if (is_method and target in ("contiguous", "clone")) or (
-            target is F.dropout and not _arg(args, kwargs, 2, "training", True)
-        ) or (target is F.dropout and float(_arg(args, kwargs, 1, "p", 0.5)) == 0):
+        if (
+            (is_method and target in ("contiguous", "clone"))
+            or (target is F.dropout and not _arg(args, kwargs, 2, "training", True))
+            or (target is F.dropout and float(_arg(args, kwargs, 1, "p", 0.5)) == 0)
+        ):
             return first
         if target is F.dropout:
-            raise _unsupported(name, "F.dropout with training=True (pass training=self.training"
-                               " and call model.eval(), or use nn.Dropout)")
+            raise _unsupported(
+                name,
+                "F.dropout with training=True (pass training=self.training"
+                " and call model.eval(), or use nn.Dropout)",
+            )
         # Additions and subtractions.
         if target in (operator.add, torch.add, operator.iadd) or (is_method and target == "add"):
             a, b = args[0], args[1]
@@ -394,8 +424,12 @@ class _Lowerer:
             return self.add(ReLUOp(name), [first])
         if target is F.leaky_relu:
             return self._leaky(name, first, float(_arg(args, kwargs, 1, "negative_slope", 0.01)))
-        monotone = {torch.sigmoid: torch.sigmoid, F.sigmoid: torch.sigmoid,
-                    torch.tanh: torch.tanh, F.tanh: torch.tanh}
+        monotone = {
+            torch.sigmoid: torch.sigmoid,
+            F.sigmoid: torch.sigmoid,
+            torch.tanh: torch.tanh,
+            F.tanh: torch.tanh,
+        }
         if target in monotone or (is_method and target in ("sigmoid", "tanh")):
             fn = monotone.get(target) or getattr(torch, str(target))  # type: ignore[call-overload]
             return self.add(MonotoneOp(name, fn), [first])
@@ -407,21 +441,32 @@ class _Lowerer:
             return self.add(ReshapeOp(name, first.value.shape[1:], out.shape[1:]), [first])
         # Pooling.
         if target is F.avg_pool2d:
-            names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                     "divisor_override")
+            names = (
+                "kernel_size",
+                "stride",
+                "padding",
+                "ceil_mode",
+                "count_include_pad",
+                "divisor_override",
+            )
             defaults: tuple[Any, ...] = (None, None, 0, False, True, None)
-            vals = [_arg(args, kwargs, i + 1, n, d)
-                    for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
+            vals = [
+                _arg(args, kwargs, i + 1, n, d)
+                for i, (n, d) in enumerate(zip(names, defaults, strict=True))
+            ]
             return self.add(AvgPoolOp(name, first.value.shape[1:], *vals), [first])
         if target is F.adaptive_avg_pool2d:
             size = _arg(args, kwargs, 1, "output_size", None)
-            return self.add(AvgPoolOp(name, first.value.shape[1:], None, adaptive_output=size),
-                            [first])
+            return self.add(
+                AvgPoolOp(name, first.value.shape[1:], None, adaptive_output=size), [first]
+            )
         if target in (F.max_pool2d, torch.max_pool2d):
             names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
             defaults = (None, None, 0, 1, False)
-            vals = [_arg(args, kwargs, i + 1, n, d)
-                    for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
+            vals = [
+                _arg(args, kwargs, i + 1, n, d)
+                for i, (n, d) in enumerate(zip(names, defaults, strict=True))
+            ]
             if _arg(args, kwargs, 6, "return_indices", False):
                 raise _unsupported(name, "max_pool2d(return_indices=True)")
             return self.add(MaxPoolOp(name, first.value.shape[1:], *vals), [first])
@@ -515,8 +560,9 @@ def build_graph(model: nn.Module, x: Tensor) -> BoundGraph:
     # gradient, so lowering only drops autograd when there are none.
     functional_params = any(n.op == "get_attr" for n in graph.nodes)
     # Constants made while lowering are cached, so they must not be inference tensors.
-    with torch.inference_mode(False), torch.set_grad_enabled(
-        functional_params and torch.is_grad_enabled()
+    with (
+        torch.inference_mode(False),
+        torch.set_grad_enabled(functional_params and torch.is_grad_enabled()),
     ):
         probe = x.detach().clone() if x.is_inference() else x.detach()
         lowerer = _Lowerer(root, probe)

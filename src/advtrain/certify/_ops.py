@@ -286,8 +286,14 @@ class ConvOp(AffineOp):
         )
         flat = A.reshape(b * s, *A.shape[2:])
         res = F.conv_transpose2d(
-            flat, m.weight, None, stride=stride, padding=pad, output_padding=out_pad,
-            groups=m.groups, dilation=dil,
+            flat,
+            m.weight,
+            None,
+            stride=stride,
+            padding=pad,
+            output_padding=out_pad,
+            groups=m.groups,
+            dilation=dil,
         )
         return res.view(b, s, *res.shape[1:])
 
@@ -474,8 +480,11 @@ class AvgPoolOp(AffineOp):
         self.count_include_pad = bool(count_include_pad)
         self.divisor_override = divisor_override
         if adaptive_output is not None:
-            out = _pair(adaptive_output) if not isinstance(adaptive_output, int) else (
-                adaptive_output, adaptive_output)
+            out = (
+                _pair(adaptive_output)
+                if not isinstance(adaptive_output, int)
+                else (adaptive_output, adaptive_output)
+            )
             h, w = self.in_shape[-2:]
             oh = h if out[0] is None else out[0]
             ow = w if out[1] is None else out[1]
@@ -489,7 +498,12 @@ class AvgPoolOp(AffineOp):
         if self.adaptive_output is not None:
             return F.adaptive_avg_pool2d(x, self.adaptive_output)
         return F.avg_pool2d(
-            x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+            x,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
             self.divisor_override,
         )
 
@@ -526,8 +540,13 @@ class AvgPoolOp(AffineOp):
             for i in range(2)
         )
         res = F.conv_transpose2d(
-            flat, weight, None, stride=self.stride, padding=self.padding,
-            output_padding=out_pad, groups=c,
+            flat,
+            weight,
+            None,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=out_pad,
+            groups=c,
         )
         return res.view(b, s, c, h, w)
 
@@ -698,7 +717,10 @@ class MaxPoolOp(BoundOp):
         ph, pw = self.padding
         padded = F.pad(t, (pw, pw, ph, ph), value=fill)
         cols = F.unfold(
-            padded.reshape(b * c, 1, *padded.shape[-2:]), self.kernel, self.dilation, 0,
+            padded.reshape(b * c, 1, *padded.shape[-2:]),
+            self.kernel,
+            self.dilation,
+            0,
             self.stride,
         )
         return cols.view(b, c, cols.shape[1], cols.shape[2])

@@ -248,8 +248,13 @@ def _conv_t(op: ConvOp, lA: Tensor, uA: Tensor) -> tuple[Tensor, Tensor]:
     def one(A: Tensor) -> Tensor:
         b, n = A.shape[:2]
         out = F.conv_transpose2d(
-            A.reshape(b * n, *A.shape[2:]), m.weight, None, stride=m.stride, padding=0,
-            groups=m.groups, dilation=m.dilation,
+            A.reshape(b * n, *A.shape[2:]),
+            m.weight,
+            None,
+            stride=m.stride,
+            padding=0,
+            groups=m.groups,
+            dilation=m.dilation,
         )
         return out.view(b, n, *out.shape[1:])
 

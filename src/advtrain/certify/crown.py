@@ -229,8 +229,15 @@ def intermediate_bounds(
     bounds: dict[int, Interval] = {}
     if exact_need:
         bounds.update(
-            ibp_pass(graph, inputs, ctx, keep=set(exact_need), stop=max(exact_need),
-                     only=exact, clip_l2=False)
+            ibp_pass(
+                graph,
+                inputs,
+                ctx,
+                keep=set(exact_need),
+                stop=max(exact_need),
+                only=exact,
+                clip_l2=False,
+            )
         )
     for k in need:
         if k in bounds:
@@ -246,8 +253,8 @@ def intermediate_bounds(
                 res = patch_bounds(
                     graph, k, chain, bounds, inputs, ctx, DEFAULT_CHUNK_ELEMENTS, chunk
                 )
-            bounds[k] = res if res is not None else _node_bounds(
-                graph, k, bounds, inputs, ctx, chunk
+            bounds[k] = (
+                res if res is not None else _node_bounds(graph, k, bounds, inputs, ctx, chunk)
             )
     return bounds
 
@@ -291,9 +298,7 @@ def _final(
     x = inputs.x
     C = _spec(labels, k, x)
     batch = x.shape[0]
-    in_l, in_u, lb, ub = backward(
-        graph, graph.output, C, C if need_upper else None, bounds, ctx
-    )
+    in_l, in_u, lb, ub = backward(graph, graph.output, C, C if need_upper else None, bounds, ctx)
     lower = concretize(in_l, lb, inputs, -1, batch).expand(batch, k)
     upper = concretize(in_u, ub, inputs, +1, batch).expand(batch, k) if need_upper else None
     return lower, upper

@@ -48,8 +48,13 @@ def _l2_radius(op: DenseOp | ConvOp, s: Tensor, eps: float, W: Tensor | None = N
         return eps * F.linear(sq, weight.pow(2)).sqrt()
     m = op.module
     out = F.conv2d(
-        s.pow(2), m.weight.pow(2), None, stride=m.stride, padding=conv_padding(m),
-        dilation=m.dilation, groups=m.groups,
+        s.pow(2),
+        m.weight.pow(2),
+        None,
+        stride=m.stride,
+        padding=conv_padding(m),
+        dilation=m.dilation,
+        groups=m.groups,
     )
     return eps * out.sqrt()
 

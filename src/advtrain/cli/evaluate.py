@@ -185,9 +185,7 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
 class _Runner:
     """Runs units through the store: reuse finished ones, compute and save the others."""
 
-    def __init__(
-        self, store: UnitStore, seed: int, progress: bool, hook: UnitHook | None
-    ) -> None:
+    def __init__(self, store: UnitStore, seed: int, progress: bool, hook: UnitHook | None) -> None:
         self.store = store
         self.seed = seed
         self.progress = progress
@@ -310,7 +308,12 @@ def _bounds_support(
 
 
 def _bounds_unit(
-    model: nn.Module, method: str, eps: float, x: Tensor, y: Tensor, threat: Mapping[str, Any],
+    model: nn.Module,
+    method: str,
+    eps: float,
+    x: Tensor,
+    y: Tensor,
+    threat: Mapping[str, Any],
     chunk: int,
 ) -> dict[str, Any]:
     from advtrain.certify import verified
@@ -327,7 +330,11 @@ def _bounds_unit(
 
 
 def _smoothing_unit(
-    model: nn.Module, num_classes: int, scfg: Mapping[str, Any], seed: int, batch: int,
+    model: nn.Module,
+    num_classes: int,
+    scfg: Mapping[str, Any],
+    seed: int,
+    batch: int,
     x: Tensor,
 ) -> dict[str, Any]:
     from advtrain.certify import Smooth
@@ -342,9 +349,7 @@ def _smoothing_unit(
     }
 
 
-def _sanity_model(
-    model: nn.Module, x: Tensor, y: Tensor
-) -> list[dict[str, Any]]:
+def _sanity_model(model: nn.Module, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
     from advtrain.attacks.checks import check_model
 
     try:
@@ -386,9 +391,7 @@ def _white_box_warning(flags: list[dict[str, Any]]) -> str | None:
     )
 
 
-def _per_class(
-    labels: Tensor, masks: Mapping[str, Tensor], num_classes: int
-) -> dict[str, Any]:
+def _per_class(labels: Tensor, masks: Mapping[str, Tensor], num_classes: int) -> dict[str, Any]:
     support = torch.bincount(labels, minlength=num_classes)
     acc: dict[str, list[float | None]] = {}
     for name, mask in masks.items():
@@ -507,9 +510,9 @@ def run(
     bad = [m for m in methods if m not in _BOUND_METHODS]
     if bad:
         raise ValueError(f"certify.bounds.methods: unknown {bad}; choose from {_BOUND_METHODS}")
-    bound_eps = sorted(set(grid_eps) | {threat["eps"]}) if bcfg.get("on_eps_grid") else [
-        threat["eps"]
-    ]
+    bound_eps = (
+        sorted(set(grid_eps) | {threat["eps"]}) if bcfg.get("on_eps_grid") else [threat["eps"]]
+    )
     scfg = _container((cfg.get("certify") or {}).get("smoothing") or {})
     smoothing_on = scfg.get("sigma") is not None
     sanity_cfg = _container(cfg.get("sanity") or {})
@@ -523,8 +526,11 @@ def run(
         "attacks": specs,
         "eps_grid": {"factors": factors, "eps": grid_eps, "attacks": grid_attacks},
         "certify": {
-            "bounds": {"methods": methods, "eps": bound_eps,
-                       "batch_size": int(bcfg.get("batch_size", 64))},
+            "bounds": {
+                "methods": methods,
+                "eps": bound_eps,
+                "batch_size": int(bcfg.get("batch_size", 64)),
+            },
             "smoothing": scfg if smoothing_on else None,
         },
         "sanity": sanity_cfg,
@@ -774,8 +780,7 @@ def run(
         "n_examples": n,
         "attacks": attacks_report,
         "eps_curve": [
-            {"eps": e, "accuracy": a}
-            for e, a in zip(grid_eps, grid_acc["worst_case"], strict=True)
+            {"eps": e, "accuracy": a} for e, a in zip(grid_eps, grid_acc["worst_case"], strict=True)
         ],
         "eps_curve_attack": "worst case of " + ", ".join(grid_attacks),
         "eps_grid": {
@@ -784,9 +789,7 @@ def run(
             "attacks": grid_attacks,
             "accuracy": grid_acc,
         },
-        "per_class": _per_class(
-            y, {"clean": clean, **main, "worst_case": worst}, num_classes
-        ),
+        "per_class": _per_class(y, {"clean": clean, **main, "worst_case": worst}, num_classes),
         "certified": {
             "summary": summary_cert,
             "bounds": bounds_report,
@@ -843,8 +846,10 @@ def run(
                 "white_box_trustworthy": warning is None,
             },
         )
-        print(f"[advtrain-eval] ledger {ledger}: appended entry {entry['index']} "
-              f"(sha256 {entry['sha256']})")
+        print(
+            f"[advtrain-eval] ledger {ledger}: appended entry {entry['index']} "
+            f"(sha256 {entry['sha256']})"
+        )
     return report
 
 
@@ -853,8 +858,11 @@ def _print_summary(report: Mapping[str, Any], output_dir: str) -> None:
     sanity = report.get("sanity") or {}
     if sanity.get("warning"):
         bar = "!" * 78
-        print(f"{bar}\nWARNING: white-box robust accuracy cannot be trusted.\n"
-              f"{sanity['warning']}\n{bar}", file=sys.stderr)
+        print(
+            f"{bar}\nWARNING: white-box robust accuracy cannot be trusted.\n"
+            f"{sanity['warning']}\n{bar}",
+            file=sys.stderr,
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

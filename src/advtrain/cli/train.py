@@ -19,7 +19,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from advtrain.cli.config import coerce_fractions, register_resolvers
@@ -123,4 +123,7 @@ def main() -> None:
         raise
 
 
-__all__ = ["OmegaConf", "build_callbacks", "main", "run"]
+__all__ = ["build_callbacks", "main", "run"]
+
+if __name__ == "__main__":
+    main()

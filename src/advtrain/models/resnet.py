@@ -207,8 +207,12 @@ class WideResNet(nn.Module):
         in_planes = widths[0]
         for out_planes, stride in zip(widths[1:], (1, 2, 2), strict=True):
             blocks = [
-                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
-                               stride if i == 0 else 1, float(dropout))
+                WideBasicBlock(
+                    in_planes if i == 0 else out_planes,
+                    out_planes,
+                    stride if i == 0 else 1,
+                    float(dropout),
+                )
                 for i in range(n)
             ]
             groups.append(nn.Sequential(*blocks))

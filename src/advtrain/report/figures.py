@@ -57,18 +57,36 @@ def plot_robust_vs_eps(report: Mapping[str, Any], path: str | os.PathLike[str]) 
                 continue
             ax.plot(eps, _pct_list(accs), marker="o", ms=3, lw=1.2, label=name)
         if "worst_case" in grid["accuracy"]:
-            ax.plot(eps, _pct_list(grid["accuracy"]["worst_case"]), marker="o", color="black",
-                    lw=2.4, label="worst case")
+            ax.plot(
+                eps,
+                _pct_list(grid["accuracy"]["worst_case"]),
+                marker="o",
+                color="black",
+                lw=2.4,
+                label="worst case",
+            )
     elif report.get("eps_curve"):
         curve = report["eps_curve"]
-        ax.plot([p["eps"] for p in curve], _pct_list([p["accuracy"] for p in curve]), marker="o",
-                color="black", lw=2, label=report.get("eps_curve_attack") or "robust")
+        ax.plot(
+            [p["eps"] for p in curve],
+            _pct_list([p["accuracy"] for p in curve]),
+            marker="o",
+            color="black",
+            lw=2,
+            label=report.get("eps_curve_attack") or "robust",
+        )
     else:
         return False
     for name, res in ((report.get("certified") or {}).get("bounds") or {}).items():
         if res.get("supported") and len(res.get("eps") or []) > 1:
-            ax.plot(res["eps"], _pct_list(res["accuracy"]), ls="--", marker="s", ms=3,
-                    label=f"verified ({name})")
+            ax.plot(
+                res["eps"],
+                _pct_list(res["accuracy"]),
+                ls="--",
+                marker="s",
+                ms=3,
+                label=f"verified ({name})",
+            )
     if threat.get("eps") is not None:
         ax.axvline(float(threat["eps"]), color="grey", ls=":", lw=1)
     ax.set_xlabel(f"eps ({threat.get('norm', '')})")
@@ -107,8 +125,12 @@ def plot_certified_vs_radius(report: Mapping[str, Any], path: str | os.PathLike[
         ax = fig.add_subplot(1, panels, i)
         curve = smoothing.get("curve") or {}
         if curve.get("radius"):
-            ax.plot(curve["radius"], _pct_list(curve["accuracy"]), lw=1.5,
-                    label=f"σ = {smoothing['sigma']:g}")
+            ax.plot(
+                curve["radius"],
+                _pct_list(curve["accuracy"]),
+                lw=1.5,
+                label=f"σ = {smoothing['sigma']:g}",
+            )
         ax.plot(smoothing["radii"], _pct_list(smoothing["accuracy"]), "o", color="C0")
         ax.set_xlabel("L2 radius")
         ax.set_ylabel("certified accuracy (%)")
@@ -157,8 +179,14 @@ def plot_gap(report: Mapping[str, Any], path: str | os.PathLike[str]) -> bool:
     xs = list(range(len(values)))
     bars = ax.bar(xs, [100 * v for v in values], color=colors)
     for bar, v in zip(bars, values, strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, 100 * v + 1, f"{100 * v:.1f}",
-                ha="center", va="bottom", fontsize=7)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            100 * v + 1,
+            f"{100 * v:.1f}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylim(0, 110)
@@ -188,8 +216,13 @@ def plot_per_class(report: Mapping[str, Any], path: str | os.PathLike[str]) -> b
     width = 0.8 / max(1, len(series))
     for j, (name, accs) in enumerate(series):
         xs = [c + (j - (len(series) - 1) / 2) * width for c in range(len(classes))]
-        ax.bar(xs, _pct_list(accs), width=width, label=name.replace("_", " "),
-               color="black" if name == "worst_case" else None)
+        ax.bar(
+            xs,
+            _pct_list(accs),
+            width=width,
+            label=name.replace("_", " "),
+            color="black" if name == "worst_case" else None,
+        )
     ax.set_xticks(list(range(len(classes))))
     ax.set_xticklabels([str(c) for c in classes])
     ax.set_xlabel("class")

@@ -172,9 +172,7 @@ def _sanity(report: Mapping[str, Any]) -> str:
     items = []
     for flag in sanity.get("flags", []):
         if flag["triggered"]:
-            advice = (
-                f"<br><b>What to do:</b> {_e(flag['advice'])}" if flag.get("advice") else ""
-            )
+            advice = f"<br><b>What to do:</b> {_e(flag['advice'])}" if flag.get("advice") else ""
             items.append(
                 f'<li class="triggered"><b>WARNING · {_e(flag["code"])}</b>: '
                 f"{_e(flag['message'])}{advice}</li>"
@@ -222,8 +220,16 @@ def _audit(report: Mapping[str, Any]) -> str:
     ]
     if data.get("hash_method"):
         rows.append(["data hash method", _e(data["hash_method"])])
-    for key in ("advtrain", "git_commit", "git_dirty", "torch", "pytorch_lightning", "python",
-                "platform", "device"):
+    for key in (
+        "advtrain",
+        "git_commit",
+        "git_dirty",
+        "torch",
+        "pytorch_lightning",
+        "python",
+        "platform",
+        "device",
+    ):
         if key in env:
             rows.append([_e(key), f"<code>{_e(env[key])}</code>"])
     return "<h2>Audit</h2>" + _table(["item", "value"], rows)
@@ -277,8 +283,8 @@ def render_html(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> s
         "the same numbers are in report.json and report.md.</p>",
     ]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>advtrain report</title><style>{_CSS}</style></head><body>\n"
         + "\n".join(p for p in body if p)
         + "\n</body></html>\n"

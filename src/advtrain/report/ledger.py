@@ -41,8 +41,9 @@ GENESIS = "0" * 64
 
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 text, NaN refused: the form that is hashed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:

@@ -153,9 +153,7 @@ def result_rows(report: Mapping[str, Any]) -> list[tuple[str, float | None, str]
     def frac(key: str) -> str:
         return f"{counts[key]}/{n}" if n and key in counts else ""
 
-    rows: list[tuple[str, float | None, str]] = [
-        ("clean", report["clean_accuracy"], frac("clean"))
-    ]
+    rows: list[tuple[str, float | None, str]] = [("clean", report["clean_accuracy"], frac("clean"))]
     robust = dict(report.get("robust_accuracy") or {})
     worst = robust.pop("worst_case", None)
     attacks = report.get("attacks") or {}
@@ -306,13 +304,28 @@ def _markdown_audit(report: Mapping[str, Any]) -> list[str]:
         f"{_code(ckpt.get('source_sha256') or ckpt.get('sha256'))}"
         + (f", read with {ckpt['loaded_with']}" if ckpt.get("loaded_with") else "")
     )
-    out.append(f"- resolved config: {_code(report.get('config_file'))}, sha256 "
-               f"{_code(report.get('config_sha256'))}")
-    out.append(f"- evaluated data: sha256 {_code(report.get('data_sha256'))}"
-               + (f" ({report['data']['hash_method']})"
-                  if report.get("data", {}).get("hash_method") else ""))
-    for key in ("advtrain", "git_commit", "git_dirty", "torch", "pytorch_lightning", "python",
-                "platform", "device"):
+    out.append(
+        f"- resolved config: {_code(report.get('config_file'))}, sha256 "
+        f"{_code(report.get('config_sha256'))}"
+    )
+    out.append(
+        f"- evaluated data: sha256 {_code(report.get('data_sha256'))}"
+        + (
+            f" ({report['data']['hash_method']})"
+            if report.get("data", {}).get("hash_method")
+            else ""
+        )
+    )
+    for key in (
+        "advtrain",
+        "git_commit",
+        "git_dirty",
+        "torch",
+        "pytorch_lightning",
+        "python",
+        "platform",
+        "device",
+    ):
         if key in env:
             out.append(f"- {key}: {_code(env[key])}")
     return out
@@ -324,8 +337,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     out = ["# advtrain robustness report", ""]
     sanity = report.get("sanity") or {}
     if sanity and not sanity.get("white_box_trustworthy", True):
-        out += [f"> **WARNING: white-box robust accuracy cannot be trusted.** "
-                f"{sanity.get('warning', '')}", ""]
+        out += [
+            f"> **WARNING: white-box robust accuracy cannot be trusted.** "
+            f"{sanity.get('warning', '')}",
+            "",
+        ]
     out += [
         f"- data: {report.get('data', {}).get('name', 'n/a')}, {report['n_examples']} examples "
         f"(sha256 `{report.get('data_sha256', 'n/a')}`)",

@@ -31,12 +31,39 @@ from advtrain.models import Normalize
 from advtrain.models.resnet import PreActBlock
 from advtrain.threat import ThreatModel
 
-CONV_KINDS = ("conv", "conv_s2", "conv1x1", "conv_pad0", "conv_dilated", "conv_depthwise", "bn",
-              "relu", "leaky", "tanh", "sigmoid", "avgpool", "maxpool", "maxpool_overlap", "gap",
-              "residual", "preact", "identity", "dropout")
+CONV_KINDS = (
+    "conv",
+    "conv_s2",
+    "conv1x1",
+    "conv_pad0",
+    "conv_dilated",
+    "conv_depthwise",
+    "bn",
+    "relu",
+    "leaky",
+    "tanh",
+    "sigmoid",
+    "avgpool",
+    "maxpool",
+    "maxpool_overlap",
+    "gap",
+    "residual",
+    "preact",
+    "identity",
+    "dropout",
+)
 #: Layers the patches form of CROWN handles (chains of these from the input).
-PATCH_KINDS = ("conv", "conv_s2", "conv1x1", "conv_pad0", "conv_dilated", "conv_depthwise", "bn",
-               "relu", "leaky")
+PATCH_KINDS = (
+    "conv",
+    "conv_s2",
+    "conv1x1",
+    "conv_pad0",
+    "conv_dilated",
+    "conv_depthwise",
+    "bn",
+    "relu",
+    "leaky",
+)
 DENSE_KINDS = ("linear", "bn1d", "relu", "leaky", "tanh", "identity", "dropout")
 #: Layers CROWN relaxes (tanh/sigmoid are IBP only).
 CROWN_CONV_KINDS = tuple(k for k in CONV_KINDS if k not in ("tanh", "sigmoid"))
@@ -343,8 +370,13 @@ def digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 @functools.cache
 def train_certified_digits(
-    method: str, epochs: int, width: int = 16, hidden: int = 100, lr: float = 2e-3,
-    eps: float = 0.1, seed: int = 0,
+    method: str,
+    epochs: int,
+    width: int = 16,
+    hidden: int = 100,
+    lr: float = 2e-3,
+    eps: float = 0.1,
+    seed: int = 0,
 ) -> tuple[nn.Module, float]:
     """A SmallCNN trained with IBPLoss or CROWNIBPLoss on digits (hand-written loop).
 

@@ -63,8 +63,14 @@ def _assert_inside(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tenso
 
 
 def _check_sound(
-    model: nn.Module, x: torch.Tensor, eps: float, norm: str, lower: torch.Tensor,
-    upper: torch.Tensor, labels: torch.Tensor | None, seed: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    norm: str,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    labels: torch.Tensor | None,
+    seed: int,
 ) -> None:
     k = model(x[:1]).shape[1]
     spec = (
@@ -108,8 +114,14 @@ eps_values = st.sampled_from([0.0, 0.01, 0.05, 0.2])
 # Soundness over random networks
 # ------------------------------------------------------------------------------------------------
 @PROPERTY
-@given(conv_kinds, dense_kinds, st.integers(0, 10_000), eps_values,
-       st.sampled_from(["linf", "l2"]), st.booleans())
+@given(
+    conv_kinds,
+    dense_kinds,
+    st.integers(0, 10_000),
+    eps_values,
+    st.sampled_from(["linf", "l2"]),
+    st.booleans(),
+)
 def test_ibp_is_sound_on_random_networks(convs, denses, seed, eps, norm, with_labels):
     model = random_net(convs, denses, seed)
     x = _inputs(seed)
@@ -121,8 +133,15 @@ def test_ibp_is_sound_on_random_networks(convs, denses, seed, eps, norm, with_la
 
 
 @PROPERTY
-@given(crown_conv_kinds, crown_dense_kinds, st.integers(0, 10_000), eps_values,
-       st.sampled_from(["linf", "l2"]), st.booleans(), st.sampled_from(["crown", "ibp"]))
+@given(
+    crown_conv_kinds,
+    crown_dense_kinds,
+    st.integers(0, 10_000),
+    eps_values,
+    st.sampled_from(["linf", "l2"]),
+    st.booleans(),
+    st.sampled_from(["crown", "ibp"]),
+)
 def test_crown_is_sound_on_random_networks(convs, denses, seed, eps, norm, with_labels, inter):
     model = random_net(convs, denses, seed)
     x = _inputs(seed)
@@ -218,8 +237,9 @@ def test_crown_is_exact_on_affine_networks(norm):
 
 def test_affine_operators_are_adjoint():
     """``<A, M x> = <A M, x>`` for every affine operator's transpose (conv, pools, BN, ...)."""
-    model = random_net(["conv", "conv_s2", "bn", "avgpool", "conv1x1"], ["linear", "bn1d"], 5,
-                       in_shape=(2, 9, 7))
+    model = random_net(
+        ["conv", "conv_s2", "bn", "avgpool", "conv1x1"], ["linear", "bn1d"], 5, in_shape=(2, 9, 7)
+    )
     x = torch.rand(2, 2, 9, 7, dtype=torch.float64)
     graph = build_graph(model, x)
     ctx = RunContext()
@@ -256,11 +276,16 @@ def test_bounds_do_not_depend_on_the_batch(fn):
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
-@given(st.lists(st.sampled_from(PATCH_KINDS), min_size=2, max_size=6), st.integers(0, 10_000),
-       st.sampled_from(["linf", "l2"]), st.booleans())
+@given(
+    st.lists(st.sampled_from(PATCH_KINDS), min_size=2, max_size=6),
+    st.integers(0, 10_000),
+    st.sampled_from(["linf", "l2"]),
+    st.booleans(),
+)
 def test_crown_patches_equal_full_feature_maps(kinds, seed, norm, normalize):
-    model = random_net([*kinds, "relu"], ["linear", "relu"], seed, in_shape=(2, 7, 7),
-                       normalize=normalize)
+    model = random_net(
+        [*kinds, "relu"], ["linear", "relu"], seed, in_shape=(2, 7, 7), normalize=normalize
+    )
     x = _inputs(seed, shape=(2, 7, 7), batch=2)
     labels = torch.tensor([1, 3])
     dense = crown_bounds(model, x, 0.05, norm=norm, labels=labels, conv_mode="matrix")
@@ -287,8 +312,13 @@ def test_crown_chunking_does_not_change_bounds():
     model = random_net(["conv", "relu", "conv", "relu"], ["linear", "relu"], 2)
     x = _inputs(2)
     ref = crown_bounds(model, x, 0.05, conv_mode="matrix")
-    for chunk, mode in ((1, "matrix"), (7, "matrix"), (10_000, "matrix"), (5, "patches"),
-                        (None, "patches")):
+    for chunk, mode in (
+        (1, "matrix"),
+        (7, "matrix"),
+        (10_000, "matrix"),
+        (5, "patches"),
+        (None, "patches"),
+    ):
         out = crown_bounds(model, x, 0.05, chunk_size=chunk, conv_mode=mode)
         torch.testing.assert_close(out[0], ref[0], atol=1e-10, rtol=0)
         torch.testing.assert_close(out[1], ref[1], atol=1e-10, rtol=0)
@@ -345,8 +375,9 @@ def test_crown_l2_matches_closed_form_on_one_hidden_layer():
     dev = eps * W1.norm(dim=1)
     pre = [((pre_c - dev).numpy(), (pre_c + dev).numpy())]
     weights = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in (model[0], model[2])]
-    lo, up = manual_final_crown(weights, pre, np.eye(3)[None].repeat(2, 0), x.numpy(), eps, "l2",
-                                BOX)
+    lo, up = manual_final_crown(
+        weights, pre, np.eye(3)[None].repeat(2, 0), x.numpy(), eps, "l2", BOX
+    )
     np.testing.assert_allclose(lower.detach().numpy(), lo, atol=1e-9)
     np.testing.assert_allclose(upper.detach().numpy(), up, atol=1e-9)
 
@@ -361,8 +392,11 @@ def test_crown_composes_from_its_own_intermediate_bounds(norm):
     labels = torch.tensor([0, 3, 1])
     eps = 0.15
     C = margin_spec(labels, 4, x.dtype).numpy()
-    weights = [(m.weight.detach().numpy(), m.bias.detach().numpy())
-               for m in model if isinstance(m, nn.Linear)]
+    weights = [
+        (m.weight.detach().numpy(), m.bias.detach().numpy())
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
     xf = x.flatten(1).numpy()
     for method, fn in (("crown", crown_bounds), ("ibp", interval_bounds)):
         layers = list(model)
@@ -370,15 +404,18 @@ def test_crown_composes_from_its_own_intermediate_bounds(norm):
         pre2 = fn(nn.Sequential(*layers[:4]), x, eps, norm=norm)
         pre = [(p[0].detach().numpy(), p[1].detach().numpy()) for p in (pre1, pre2)]
         lo, up = manual_final_crown(weights, pre, C, xf, eps, norm, BOX)
-        got_lo, got_up = crown_bounds(model, x, eps, norm=norm, labels=labels,
-                                      intermediate=method)
+        got_lo, got_up = crown_bounds(model, x, eps, norm=norm, labels=labels, intermediate=method)
         np.testing.assert_allclose(got_lo.detach().numpy(), lo, atol=1e-9)
         np.testing.assert_allclose(got_up.detach().numpy(), up, atol=1e-9)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
-@given(st.integers(0, 10_000), st.sampled_from([0.05, 0.2, 0.5]), st.booleans(),
-       st.sampled_from(["linf", "l2"]))
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from([0.05, 0.2, 0.5]),
+    st.booleans(),
+    st.sampled_from(["linf", "l2"]),
+)
 def test_crown_with_zero_lower_slope_is_never_looser_than_ibp(seed, eps, with_labels, norm):
     """On one-hidden-layer networks CROWN is guaranteed at least as tight as IBP when the lower
     slope of unstable ReLUs is 0 (each neuron's relaxation then contains IBP's worst case). For
@@ -389,8 +426,7 @@ def test_crown_with_zero_lower_slope_is_never_looser_than_ibp(seed, eps, with_la
     x = torch.rand(4, 6, generator=gen, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 0]) if with_labels else None
     il, iu = interval_bounds(model, x, eps, norm=norm, bounds=bounds, labels=labels)
-    cl, cu = crown_bounds(model, x, eps, norm=norm, bounds=bounds, labels=labels,
-                          relu_lower="zero")
+    cl, cu = crown_bounds(model, x, eps, norm=norm, bounds=bounds, labels=labels, relu_lower="zero")
     assert (cl >= il - 1e-9).all() and (cu <= iu + 1e-9).all()
 
 

@@ -42,8 +42,12 @@ def _evaluate(model: torch.nn.Module, n_crown: int = 100) -> dict[str, float]:
         "ibp": verified(ibp, y).float().mean().item(),
         "crown_ibp": verified(crown_ibp, y).float().mean().item(),
         "crown_tighter": (crown > ibp[:n_crown])[mask].float().mean().item(),
-        "crown_ibp_tighter": (crown_ibp > ibp)[torch.ones_like(ibp, dtype=torch.bool).scatter(
-            1, y[:, None], False)].float().mean().item(),
+        "crown_ibp_tighter": (crown_ibp > ibp)[
+            torch.ones_like(ibp, dtype=torch.bool).scatter(1, y[:, None], False)
+        ]
+        .float()
+        .mean()
+        .item(),
     }
 
 

@@ -28,8 +28,14 @@ def _model(bn: bool = False) -> nn.Module:
     if not bn:
         return SmallCNN((1, 6, 6), 4, width=4, hidden=8).eval()
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 36, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 36, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
     )
 
 
@@ -61,7 +67,7 @@ def test_robust_term_is_cross_entropy_over_zero_and_negated_margins():
     loss, _ = loss_fn(model, x, y)
     lower, _ = interval_bounds(model, x, 0.05, labels=y)
     # CE([0, -m_j (j != y)]) with the true class in front, as in auto_LiRPA's training loop.
-    others = torch.stack([torch.cat([lower[i, :y[i]], lower[i, y[i] + 1:]]) for i in range(8)])
+    others = torch.stack([torch.cat([lower[i, : y[i]], lower[i, y[i] + 1 :]]) for i in range(8)])
     padded = torch.cat([torch.zeros(8, 1), -others], dim=1)
     torch.testing.assert_close(loss, F.cross_entropy(padded, torch.zeros(8, dtype=torch.long)))
 

@@ -93,8 +93,9 @@ def test_preact_argument_errors():
         PreActResNet18(width=0)
 
 
-@pytest.mark.parametrize("factory", [lambda: PreActResNet18(width=2),
-                                     lambda: WideResNet(depth=10, widen_factor=1)])
+@pytest.mark.parametrize(
+    "factory", [lambda: PreActResNet18(width=2), lambda: WideResNet(depth=10, widen_factor=1)]
+)
 def test_ibp_bounds_on_small_residual_models(factory):
     torch.manual_seed(0)
     model = factory().eval()

@@ -57,8 +57,13 @@ _REPORT: dict[str, Any] = {
             "crown_ibp": {"supported": False, "reason": "bound propagation does not support X"},
         },
         "smoothing": None,
-        "gap": {"eps": 0.2, "empirical": 0.25, "certified": 0.25, "certificate": "crown",
-                "gap": 0.0},
+        "gap": {
+            "eps": 0.2,
+            "empirical": 0.25,
+            "certified": 0.25,
+            "certificate": "crown",
+            "gap": 0.0,
+        },
     },
     "sanity": {
         "flags": [

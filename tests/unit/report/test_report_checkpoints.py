@@ -34,8 +34,11 @@ def _net(width: int = 4) -> nn.Sequential:
             "lightning",
             "model.",
         ),
-        (lambda sd: {f"module._orig_mod.{k}": v for k, v in sd.items()}, "state_dict",
-         "module._orig_mod."),
+        (
+            lambda sd: {f"module._orig_mod.{k}": v for k, v in sd.items()},
+            "state_dict",
+            "module._orig_mod.",
+        ),
     ],
 )
 def test_layouts_and_prefixes(tmp_path: Path, wrap, fmt: str, prefix: str) -> None:

@@ -53,8 +53,13 @@ def test_warns_when_the_evaluations_differ() -> None:
     warnings = compare_reports(a, b).warnings
     assert len(warnings) == 5
     text = " ".join(warnings)
-    for part in ("different evaluation data", "different threat models", "8", "pgd-50x5",
-                 "different certification settings: smoothing"):
+    for part in (
+        "different evaluation data",
+        "different threat models",
+        "8",
+        "pgd-50x5",
+        "different certification settings: smoothing",
+    ):
         assert part in text
 
 

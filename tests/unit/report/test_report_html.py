@@ -46,8 +46,13 @@ def test_untrusted_white_box_numbers_get_a_banner(tmp_path: Path) -> None:
     report = make_report()
     report["sanity"] = {
         "flags": [
-            {"code": "zero_gradients", "triggered": True, "message": "Zero gradients.",
-             "advice": "Use BPDA.", "details": {}}
+            {
+                "code": "zero_gradients",
+                "triggered": True,
+                "message": "Zero gradients.",
+                "advice": "Use BPDA.",
+                "details": {},
+            }
         ],
         "triggered": ["zero_gradients"],
         "white_box_trustworthy": False,
@@ -66,8 +71,15 @@ def test_write_report_writes_all_files_and_nan_as_null(tmp_path: Path) -> None:
     report["timings_s"] = {"attacks": 1.0}
     report["per_class"]["accuracy"]["clean"][2] = float("nan")
     write_report(report, tmp_path)
-    for name in ("report.json", "report.md", "report.html", "robust_vs_eps.png", "gap.png",
-                 "per_class.png", "certified_vs_radius.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "report.html",
+        "robust_vs_eps.png",
+        "gap.png",
+        "per_class.png",
+        "certified_vs_radius.png",
+    ):
         assert (tmp_path / name).is_file(), name
     text = (tmp_path / "report.json").read_text()
     assert "NaN" not in text
