@@ -292,11 +292,14 @@ def check_input_batch(x: Tensor, bounds: Sequence[float] | None, name: str = "x"
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
-    if not bool(torch.isfinite(x).all()):
+    # One reduction (and one host sync) for NaN, inf and the range: NaN propagates into the
+    # extrema and an infinite value is one of them.
+    extrema = torch.stack(torch.aminmax(x.detach())).float().tolist()
+    x_min, x_max = extrema
+    if not (math.isfinite(x_min) and math.isfinite(x_max)):
         raise ValueError(f"{name} contains NaN or infinite values")
     if bounds is not None:
         low, high = bounds
-        x_min, x_max = float(x.min()), float(x.max())
         if x_min < low - BOUNDS_TOLERANCE or x_max > high + BOUNDS_TOLERANCE:
             raise ValueError(
                 f"{name} has values in [{x_min:.4g}, {x_max:.4g}] outside bounds ({low}, {high}); "
@@ -324,7 +327,7 @@ def check_labels(y: Tensor, batch_size: int, num_classes: int | None = None) -> 
             f"labels must have shape ({batch_size},) to match the inputs, got {tuple(y.shape)}"
         )
     if num_classes is not None and y.numel() > 0:
-        lo, hi = int(y.min()), int(y.max())
+        lo, hi = torch.stack(torch.aminmax(y.detach())).tolist()
         if lo < 0 or hi >= num_classes:
             raise ValueError(
                 f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, "

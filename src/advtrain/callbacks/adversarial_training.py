@@ -175,6 +175,8 @@ class AdversarialTraining(pl.Callback):
         self._module: pl.LightningModule | None = None
         self._checked_output = False
         self._seed_value = 0
+        self._epoch_logs: dict[str, Any] = {}
+        self._epoch_batches = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -252,16 +254,22 @@ class AdversarialTraining(pl.Callback):
         values = self._apply_schedules(trainer, batch_idx)
         gen = self._reseed(trainer, batch_idx)
         self._check_output(module, x)
-        for name, value in values.items():
-            module.log(self.log_prefix + name, value, on_step=True, on_epoch=False)
+        # Lightning's log() costs about as much as a small model's forward pass, so scheduled
+        # values are logged at the logger's own cadence (every log_every_n_steps), where the
+        # logger records them anyway, and at the first batch of each epoch.
+        if batch_idx == 0 or trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            for name, value in values.items():
+                module.log(self.log_prefix + name, value, on_step=True, on_epoch=False)
         if self.loss is not None:
             loss, logs = self.loss(module, x, y)
+            # Accumulated here and logged once per epoch (their mean over the epoch's batches):
+            # a log() call per value and step would cost more than the loss itself on small models.
             for name, value in (logs or {}).items():
                 if name in values:  # a scheduled value, already logged per step above
                     continue
-                module.log(
-                    self.log_prefix + name, value, on_step=False, on_epoch=True, sync_dist=True
-                )
+                value = torch.as_tensor(value).detach().float()
+                self._epoch_logs[name] = self._epoch_logs.get(name, 0.0) + value
+            self._epoch_batches += 1
             return loss
         if self.fraction < 1.0:
             k = max(1, round(self.fraction * x.shape[0]))
@@ -306,6 +314,19 @@ class AdversarialTraining(pl.Callback):
                 eps = schedule.value_at(end.in_unit(schedule.unit))
         eps /= float(getattr(self.target, "eps_train_factor", 1.0) or 1.0)
         return ThreatModel(norm=threat.norm, eps=eps, bounds=threat.bounds)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_batches:
+            for name, total in self._epoch_logs.items():
+                pl_module.log(
+                    self.log_prefix + name,
+                    total / self._epoch_batches,
+                    on_step=False,
+                    on_epoch=True,
+                    sync_dist=True,
+                )
+        self._epoch_logs = {}
+        self._epoch_batches = 0
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
