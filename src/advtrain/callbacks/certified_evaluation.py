@@ -8,18 +8,16 @@ keeps the most verifiably robust checkpoint.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import Tensor
 
-from advtrain.attacks.base import check_positive_int
-from advtrain.callbacks.batch import Key, split_batch
+from advtrain.callbacks.batch import Key
+from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
 from advtrain.certify.certificates import BOUND_METHODS, BoundCertificate
 
 
-class CertifiedEvaluation(pl.Callback):
+class CertifiedEvaluation(SubsetEvaluation):
     """Logs bound-verified accuracy on the first ``n_examples`` validation examples.
 
     Args:
@@ -47,7 +45,7 @@ class CertifiedEvaluation(pl.Callback):
         input_key: Key = 0,
         target_key: Key = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_epochs, n_examples, monitor, input_key, target_key)
         if method not in BOUND_METHODS:
             raise MisconfigurationException(
                 f"method must be one of {list(BOUND_METHODS)}, got {method!r}"
@@ -56,25 +54,15 @@ class CertifiedEvaluation(pl.Callback):
         self.eps = eps
         self.norm = norm
         self.bounds = bounds
-        self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
-        self.n_examples = check_positive_int(n_examples, "n_examples")
-        self.monitor = monitor
-        self.input_key = input_key
-        self.target_key = target_key
         self.certificate: BoundCertificate | None = None
-        self.last_value: float | None = None
-        self._active = False
-        self._counts = torch.zeros(2)
 
     def _build(self, trainer: pl.Trainer) -> BoundCertificate:
         if self.certificate is None:
-            from advtrain.callbacks.robust_evaluation import _final_threat
-
-            threat = _final_threat(trainer)
+            threat = training_threat(trainer)
             eps = self.eps if self.eps is not None else (threat.eps if threat else None)
             if eps is None:
                 raise MisconfigurationException(
-                    "CertifiedEvaluation needs eps= when the Trainer has no AdversarialTraining "
+                    "CertifiedEvaluation needs eps= when the Trainer has no adversarial-training "
                     "callback to take the threat model from"
                 )
             norm = self.norm or (threat.norm if threat else "linf")
@@ -84,52 +72,16 @@ class CertifiedEvaluation(pl.Callback):
             )
         return self.certificate
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        self._active = not trainer.sanity_checking and (
-            (epoch + 1) % self.every_n_epochs == 0 or last or self.last_value is None
-        )
-        self._counts = torch.zeros(2, device=pl_module.device)
+    def start(self, trainer: pl.Trainer) -> None:
+        self._build(trainer)
 
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self._active or dataloader_idx != 0:
-            return
-        budget = self.n_examples // max(trainer.world_size, 1) - int(self._counts[1].item())
-        if budget <= 0:
-            return
-        x, y = split_batch(batch, self.input_key, self.target_key)
-        x, y = x[:budget], y[:budget]
+    def passes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor, y: Tensor
+    ) -> Tensor:
+        """Every margin lower bound positive at ``eps`` (the model bounded in eval mode)."""
         was_training = pl_module.training
         pl_module.eval()
         try:
-            ok = self._build(trainer).verified(pl_module, x, y)
+            return self._build(trainer).verified(pl_module, x, y).to(x.device)
         finally:
             pl_module.train(was_training)
-        self._counts = self._counts + torch.stack(
-            [ok.sum().to(self._counts), torch.tensor(float(y.numel()), device=self._counts.device)]
-        )
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        if self._active:
-            counts = trainer.strategy.reduce(self._counts.float(), reduce_op="sum")
-            if float(counts[1]) > 0:
-                self.last_value = float(counts[0]) / float(counts[1])
-        if self.last_value is not None:
-            pl_module.log(self.monitor, self.last_value, prog_bar=True, sync_dist=True)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_value": self.last_value}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_value = state_dict.get("last_value")

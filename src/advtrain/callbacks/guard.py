@@ -29,6 +29,7 @@ from torch import Tensor
 from advtrain.attacks.base import Attack, check_positive_int, model_state_guard
 from advtrain.attacks.pgd import PGD
 from advtrain.callbacks.batch import Key, split_batch
+from advtrain.callbacks.subset_evaluation import find_training_callback
 from advtrain.threat import ThreatModel
 
 Action = Literal["restore_and_stop", "restore_and_reduce_alpha"]
@@ -43,14 +44,6 @@ def _cpu_copy(obj: Any) -> Any:
 
 def _optional_count(value: int | None, name: str) -> int | None:
     return None if value is None else check_positive_int(value, name)
-
-
-def find_training_callback(trainer: pl.Trainer) -> pl.Callback | None:
-    """The Trainer's adversarial-training callback: the first one with a ``final_threat`` method."""
-    for cb in trainer.callbacks:  # type: ignore[attr-defined]
-        if callable(getattr(cb, "final_threat", None)):
-            return cb  # type: ignore[no-any-return]
-    return None
 
 
 class CatastrophicOverfittingGuard(pl.Callback):

@@ -1,0 +1,129 @@
+"""The shared mechanism of the evaluation callbacks: a per-example test on a validation subset.
+
+:class:`~advtrain.callbacks.RobustEvaluation` (robust under an attack) and
+:class:`~advtrain.callbacks.CertifiedEvaluation` (verified by bounds) differ only in the test they
+apply to each example; choosing the epochs, the example budget per rank, summing across ranks,
+logging and checkpointing the last value live here.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from advtrain.attacks.base import check_positive_int
+from advtrain.callbacks.batch import Key, split_batch
+from advtrain.threat import ThreatModel
+
+
+def find_training_callback(trainer: pl.Trainer) -> pl.Callback | None:
+    """The Trainer's adversarial-training callback: the first one with a ``final_threat`` method.
+
+    (:class:`~advtrain.callbacks.AdversarialTraining`,
+    :class:`~advtrain.callbacks.FreeAdversarialTraining`.)
+    """
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if callable(getattr(cb, "final_threat", None)):
+            return cb  # type: ignore[no-any-return]
+    return None
+
+
+def training_threat(trainer: pl.Trainer) -> ThreatModel | None:
+    """The threat model the Trainer's adversarial-training callback ends training at, if any."""
+    training = find_training_callback(trainer)
+    return None if training is None else training.final_threat(trainer)  # type: ignore[attr-defined]
+
+
+class SubsetEvaluation(pl.Callback):
+    """Logs the fraction of the first ``n_examples`` validation examples that pass a test.
+
+    The first and last validation epochs and every ``every_n_epochs``-th are evaluated; between
+    evaluations the last value is logged again, so a ``ModelCheckpoint`` monitoring it always
+    finds the key (ties never replace the best checkpoint, so a repeated value never wins).
+    Under DDP each rank tests its own shard and the counts are summed across ranks.
+
+    Args:
+        every_n_epochs: Evaluate every k epochs (and at the first and last epoch).
+        n_examples: Validation examples to test, in total across ranks.
+        monitor: Name of the logged metric.
+        input_key: Where the inputs are in a batch.
+        target_key: Where the labels are.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int,
+        n_examples: int,
+        monitor: str,
+        input_key: Key = 0,
+        target_key: Key = 1,
+    ) -> None:
+        super().__init__()
+        self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
+        self.n_examples = check_positive_int(n_examples, "n_examples")
+        self.monitor = monitor
+        self.input_key = input_key
+        self.target_key = target_key
+        self.last_value: float | None = None
+        self._active = False
+        self._counts = torch.zeros(2)  # (passed, tested)
+
+    @abstractmethod
+    def passes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor, y: Tensor
+    ) -> Tensor:
+        """Per-example boolean: example ``(x, y)`` passes the test (e.g. robust, verified)."""
+
+    def start(self, trainer: pl.Trainer) -> None:
+        """Called at the start of each evaluated validation epoch (e.g. to re-seed an attack)."""
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        self._active = not trainer.sanity_checking and (
+            (epoch + 1) % self.every_n_epochs == 0 or last or self.last_value is None
+        )
+        self._counts = torch.zeros(2, device=pl_module.device)
+        if self._active:
+            self.start(trainer)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active or dataloader_idx != 0:
+            return
+        budget = self.n_examples // max(trainer.world_size, 1) - int(self._counts[1].item())
+        if budget <= 0:
+            return
+        x, y = split_batch(batch, self.input_key, self.target_key)
+        x, y = x[:budget], y[:budget]
+        ok = self.passes(trainer, pl_module, x, y)
+        tested = torch.tensor(float(y.numel()), device=self._counts.device)
+        self._counts = self._counts + torch.stack([ok.sum().to(self._counts), tested])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self._active:
+            counts = trainer.strategy.reduce(self._counts.float(), reduce_op="sum")
+            if float(counts[1]) > 0:
+                self.last_value = float(counts[0]) / float(counts[1])
+        if self.last_value is not None:
+            # Already summed across ranks: every rank logs the same value.
+            pl_module.log(self.monitor, self.last_value, prog_bar=True, sync_dist=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_value": self.last_value}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_value = state_dict.get("last_value")
