@@ -112,3 +112,12 @@ def test_console_script_runs_from_any_folder(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pgd-50x5" in proc.stdout and "report" in proc.stdout
     assert (out / "report.json").exists()
+
+
+def test_best_checkpoint_metric_follows_the_method() -> None:
+    # Adversarial training keeps the most robust checkpoint (Rice et al. 2020); standard
+    # training, whose robust accuracy is ~0 throughout, the most accurate one.
+    default = compose(overrides=[], output_dir="unused")
+    assert default.callbacks.model_checkpoint.monitor == "val/robust_acc"
+    standard = compose(overrides=["method=standard"], output_dir="unused")
+    assert standard.callbacks.model_checkpoint.monitor == "val/acc"

@@ -115,6 +115,8 @@ class StandardMethod:
 
     name: str = "standard"
     callback: Any = None
+    # The metric the best checkpoint is chosen by (callbacks.model_checkpoint.monitor).
+    monitor: str = "val/acc"
 
 
 @dataclasses.dataclass
