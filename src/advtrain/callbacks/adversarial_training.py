@@ -31,6 +31,7 @@ from torch import Tensor
 
 from advtrain.attacks.base import Attack, model_state_guard
 from advtrain.callbacks.batch import Key, replace_inputs, split_batch
+from advtrain.callbacks.step_wrapper import unwrap_training_step, wrap_training_step
 from advtrain.schedules.base import Progress, Schedule
 from advtrain.threat import ThreatModel
 
@@ -183,25 +184,12 @@ class AdversarialTraining(pl.Callback):
         if stage != "fit":
             return
         self._seed_value = int(self.seed) if self.seed is not None else torch.initial_seed()
-        if getattr(pl_module.training_step, "_advtrain_wrapped", False):
-            raise MisconfigurationException(
-                "the module's training_step is already wrapped by another AdversarialTraining "
-                "callback; use one per Trainer"
-            )
-        self._original_step = pl_module.training_step
+        self._original_step = wrap_training_step(pl_module, self._training_step)
         self._module = pl_module
-        callback = self
-
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            return callback._training_step(*args, **kwargs)
-
-        training_step._advtrain_wrapped = True  # type: ignore[attr-defined]
-        pl_module.training_step = training_step  # type: ignore[method-assign]
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self._original_step is not None:
-            if "training_step" in vars(pl_module):
-                del pl_module.training_step
+            unwrap_training_step(pl_module)
             self._original_step = None
             self._module = None
 

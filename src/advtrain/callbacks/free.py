@@ -34,6 +34,11 @@ from torch import Tensor
 
 from advtrain.attacks.base import check_positive_int
 from advtrain.callbacks.batch import Key, replace_inputs, split_batch
+from advtrain.callbacks.step_wrapper import (
+    check_not_wrapped,
+    unwrap_training_step,
+    wrap_training_step,
+)
 from advtrain.threat import ThreatModel, check_input_batch
 
 FREE_NORMS: tuple[str, ...] = ("linf", "l2")
@@ -176,11 +181,7 @@ class FreeAdversarialTraining(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if getattr(pl_module.training_step, "_advtrain_wrapped", False):
-            raise MisconfigurationException(
-                "the module's training_step is already wrapped by another adversarial-training "
-                "callback (AdversarialTraining or FreeAdversarialTraining); use one per Trainer"
-            )
+        check_not_wrapped(pl_module)  # before the data source is patched
         source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
         if source is None or not callable(getattr(source, "dataloader", None)):
             raise MisconfigurationException(
@@ -196,15 +197,8 @@ class FreeAdversarialTraining(pl.Callback):
         source.dataloader = dataloader
         self._source = source
 
-        self._original_step = pl_module.training_step
+        self._original_step = wrap_training_step(pl_module, self._training_step)
         self._module = pl_module
-        callback = self
-
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            return callback._training_step(*args, **kwargs)
-
-        training_step._advtrain_wrapped = True  # type: ignore[attr-defined]
-        pl_module.training_step = training_step  # type: ignore[method-assign]
 
         if self.divide_max_epochs:
             self._divide_max_epochs(trainer)
@@ -226,8 +220,8 @@ class FreeAdversarialTraining(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self._original_step is not None and "training_step" in vars(pl_module):
-            del pl_module.training_step
+        if self._original_step is not None:
+            unwrap_training_step(pl_module)
         if self._source is not None and "dataloader" in vars(self._source):
             del self._source.dataloader
         self._original_step = None

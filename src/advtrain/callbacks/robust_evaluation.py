@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from advtrain.attacks.autoattack import AutoAttack
 from advtrain.attacks.base import Attack
 from advtrain.callbacks.batch import Key
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
@@ -19,17 +20,10 @@ from advtrain.threat import ThreatModel
 
 
 def default_attack(threat: ThreatModel, seed: int = 0) -> Attack:
-    """AutoAttack's "fast" version (APGD-CE + APGD-T) when available, else PGD-20 with restarts."""
-    try:
-        from advtrain.attacks.autoattack import AutoAttack
-
-        return AutoAttack(  # type: ignore[no-any-return]
-            eps=threat.eps, norm=threat.norm, bounds=threat.bounds, version="fast", seed=seed
-        )
-    except ImportError:  # pragma: no cover - AutoAttack ships with advtrain
-        from advtrain.attacks.pgd import PGD
-
-        return PGD(eps=threat.eps, norm=threat.norm, bounds=threat.bounds, steps=20, seed=seed)
+    """AutoAttack's "fast" version (APGD-CE + APGD-T) at ``threat``."""
+    return AutoAttack(
+        eps=threat.eps, norm=threat.norm, bounds=threat.bounds, version="fast", seed=seed
+    )
 
 
 class RobustEvaluation(SubsetEvaluation):

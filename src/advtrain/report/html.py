@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from advtrain.report.writer import _pct, result_rows
+from advtrain.report.writer import ENVIRONMENT_KEYS, _pct, result_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;
@@ -220,16 +220,7 @@ def _audit(report: Mapping[str, Any]) -> str:
     ]
     if data.get("hash_method"):
         rows.append(["data hash method", _e(data["hash_method"])])
-    for key in (
-        "advtrain",
-        "git_commit",
-        "git_dirty",
-        "torch",
-        "pytorch_lightning",
-        "python",
-        "platform",
-        "device",
-    ):
+    for key in ENVIRONMENT_KEYS:
         if key in env:
             rows.append([_e(key), f"<code>{_e(env[key])}</code>"])
     return "<h2>Audit</h2>" + _table(["item", "value"], rows)

@@ -79,6 +79,19 @@ def git_revision() -> tuple[str | None, bool | None]:
     return commit, (bool(status) if status is not None else None)
 
 
+#: The environment fields the audit sections show, in order (see :func:`environment`).
+ENVIRONMENT_KEYS: tuple[str, ...] = (
+    "advtrain",
+    "git_commit",
+    "git_dirty",
+    "torch",
+    "pytorch_lightning",
+    "python",
+    "platform",
+    "device",
+)
+
+
 def environment() -> dict[str, Any]:
     """Versions of advtrain (and its git commit when known), torch, Lightning, Python; device."""
     import platform
@@ -316,16 +329,7 @@ def _markdown_audit(report: Mapping[str, Any]) -> list[str]:
             else ""
         )
     )
-    for key in (
-        "advtrain",
-        "git_commit",
-        "git_dirty",
-        "torch",
-        "pytorch_lightning",
-        "python",
-        "platform",
-        "device",
-    ):
+    for key in ENVIRONMENT_KEYS:
         if key in env:
             out.append(f"- {key}: {_code(env[key])}")
     return out
