@@ -4,6 +4,7 @@ from advtrain.callbacks.adversarial_training import AdversarialTraining
 from advtrain.callbacks.certified_evaluation import CertifiedEvaluation
 from advtrain.callbacks.free import FreeAdversarialTraining
 from advtrain.callbacks.guard import CatastrophicOverfittingGuard
+from advtrain.callbacks.preemption import RequeueOnSignal
 from advtrain.callbacks.robust_evaluation import RobustEvaluation
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "CatastrophicOverfittingGuard",
     "CertifiedEvaluation",
     "FreeAdversarialTraining",
+    "RequeueOnSignal",
     "RobustEvaluation",
 ]

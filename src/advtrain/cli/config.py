@@ -13,12 +13,38 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
 
+def gpus_per_node(accelerator: Any, devices: Any) -> int:
+    """GPUs a SLURM job asks for: the trainer's ``devices`` when it trains on GPUs, else 0.
+
+    Used by ``hydra/launcher=slurm`` as ``${gpus_per_node:${trainer.accelerator},...}``.
+    """
+    if str(accelerator).lower() not in {"gpu", "cuda"}:
+        return 0
+    if isinstance(devices, int) or str(devices).isdigit():
+        return int(devices)
+    raise ValueError(
+        f"hydra/launcher=slurm needs a number of devices per node, got trainer.devices={devices!r}"
+    )
+
+
+def tasks_per_node(devices: Any) -> int:
+    """SLURM tasks per node: one process per device (Lightning's DDP under SLURM needs this)."""
+    if isinstance(devices, int) or str(devices).isdigit():
+        return int(devices)
+    return 1
+
+
 def register_resolvers() -> None:
-    """Registers ``${div:a,b}`` and ``${mul:a,b}`` (idempotent)."""
-    if not OmegaConf.has_resolver("div"):
-        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
-    if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+    """Registers ``${div:a,b}``, ``${mul:a,b}`` and the SLURM launcher's resolvers (idempotent)."""
+    resolvers = {
+        "div": lambda a, b: float(a) / float(b),
+        "mul": lambda a, b: float(a) * float(b),
+        "gpus_per_node": gpus_per_node,
+        "tasks_per_node": tasks_per_node,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def parse_fraction(value: Any) -> Any:

@@ -21,7 +21,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
 from advtrain.cli.config import coerce_fractions, register_resolvers
 from advtrain.cli.evaluation import evaluate_checkpoint
 from advtrain.cli.schemas import check_config, diagnose_overrides, register_schemas
@@ -44,6 +46,24 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
+class TrainingStepTimer(pl.Callback):
+    """Wall time spent inside training batches (attack, forward, backward, optimizer step and the
+    per-batch callbacks), summed over the run: the cost of the training method itself, without
+    validation, checkpointing or setup. Recorded in the report as ``timings_s.train_steps``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     """The monitored (best) checkpoint if any, else the most recent one saved."""
     found: list[str] = []
@@ -55,6 +75,16 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
         ):
             found.insert(0 if cb.monitor else len(found), str(cb.best_model_path))
     return found[0] if found else None
+
+
+def _requeue_on_signal(cfg: DictConfig, output_dir: Path) -> RequeueOnSignal | None:
+    """The preemption handler for a run inside a SLURM job (``None`` elsewhere or when off)."""
+    settings = cfg.get("preemption") or {}
+    if not settings.get("enabled", True) or not SLURMEnvironment.detect():
+        return None
+    return RequeueOnSignal(
+        output_dir / "checkpoints", signum=settings.get("signal", "USR2"), requeue=True
+    )
 
 
 def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any] | None:
@@ -80,11 +110,33 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
     datamodule = instantiate(cfg.data.module, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     module = instantiate(cfg.module, model=model, _convert_="all")
+    # The step timer goes last, so its batch-end hook runs after every other callback's.
+    step_timer = TrainingStepTimer()
     callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
+    plugins: list[Any] = []
+    requeue = _requeue_on_signal(cfg, output_dir)
+    if requeue is not None:
+        # Lightning's SLURM environment listens for the same signal the launcher sends;
+        # RequeueOnSignal (not Lightning's in-handler save) writes the checkpoint.
+        plugins.append(SLURMEnvironment(auto_requeue=False, requeue_signal=requeue.signum))
+        callbacks.append(requeue)
+    callbacks.append(step_timer)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    extra: dict[str, Any] = {"plugins": plugins} if plugins else {}
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **extra)
+    ckpt_path = cfg.get("ckpt_path")
+    resume_from = output_dir / "checkpoints" / REQUEUE_CHECKPOINT
+    if ckpt_path is None and resume_from.exists():
+        # A requeued job (preemption, time limit): go on from where the signal stopped it.
+        print(f"advtrain-train: resuming from {resume_from}", file=sys.stderr)
+        ckpt_path = str(resume_from)
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     timings["train"] = time.perf_counter() - start
+    timings["fit"] = time.perf_counter() - fit_start
+    timings["train_steps"] = step_timer.seconds
+    if requeue is not None and requeue.stopped:
+        return None  # stopped by the signal: the requeued job finishes the run
     if not trainer.is_global_zero:
         return None
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from advtrain.attacks.base import check_positive_int
+from advtrain.data.resumable import ResumableDataLoader
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -105,15 +106,27 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.train_set is None or self.test_set is None:
             self.setup(None)
 
+    def _train_sampler(self) -> Sampler:
+        """The training sampler (subclasses that augment draw their random transforms here)."""
+        return EpochSeededSampler(self.train_set, self.seed)  # type: ignore[arg-type]
+
     def train_dataloader(self) -> DataLoader:
         self._ensure_setup()
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_set,  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            sampler=EpochSeededSampler(self.train_set, self.seed),  # type: ignore[arg-type]
+            sampler=self._train_sampler(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            batches_done=self._train_batches_done,
         )
+
+    def _train_batches_done(self) -> int:
+        """Batches of the current epoch that training has processed (Lightning's counter)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
         return DataLoader(
