@@ -193,3 +193,30 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) 
     b = json.loads((reference_dir / "report.json").read_text())
     for key in ("clean_accuracy", "robust_accuracy", "counts", "per_class_accuracy", "eps_curve"):
         assert a[key] == b[key], key
+
+
+def test_ddp_job_runs_one_task_per_device(tmp_path: Path) -> None:
+    sweep = tmp_path / "multirun"
+    proc = subprocess.run(
+        [
+            _advtrain_train(),
+            "-m",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            *TINY,
+            *LAUNCHER,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((sweep / "0" / "report.json").read_text())["n_examples"] == 24
+    logs = "\n".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    # Two SLURM tasks (tasks_per_node = devices), and Lightning took its ranks from SLURM.
+    for rank in ("GLOBAL_RANK: 0, MEMBER: 1/2", "GLOBAL_RANK: 1, MEMBER: 2/2"):
+        assert rank in logs, logs[-2000:]
