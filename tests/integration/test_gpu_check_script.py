@@ -1,0 +1,39 @@
+"""The prepared GPU check (scripts/gpu_check.sh) runs its code paths on the CPU.
+
+The numbers it prints on a lent GPU go into BENCHMARKS.md; here it runs with tiny sizes and a
+small model so a broken script is found before device time is spent on it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_runs_on_cpu() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--model",
+            "small_cnn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "## GPU check on CPU" in out
+    attack_rows = [line for line in out.splitlines() if line.startswith(("| pgd-10", "| apgd-ce"))]
+    assert len(attack_rows) == 2 and all(row.endswith("| ok |") for row in attack_rows), out
+    assert "PGD-AT small_cnn fp32" in out and "PGD-AT small_cnn bf16" in out
+    assert "smoothing certify" in out
