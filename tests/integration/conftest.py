@@ -15,3 +15,15 @@ FAST = [
     "callbacks.robust_evaluation.attack.steps=3",
     "attack.steps=2",
 ]
+
+# One epoch of two batches and the smallest evaluation: for tests about plumbing (sweeps, the
+# cluster launcher), not about the numbers.
+TINY = [
+    *(o for o in FAST if not o.startswith("trainer.max_epochs")),
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "evaluation.n_examples=24",
+    "evaluation.eps_factors=[0.0,1.0]",
+    "attack.steps=1",
+]

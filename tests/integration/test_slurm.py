@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import FAST
+from .conftest import FAST, TINY
 
 pytestmark = pytest.mark.slurm
 
@@ -33,15 +33,6 @@ ENV = {
     "PYTHONWARNINGS": "ignore",
     "OMP_NUM_THREADS": "1",
 }
-TINY = [
-    *(o for o in FAST if not o.startswith("trainer.max_epochs")),
-    "trainer.max_epochs=1",
-    "++trainer.limit_train_batches=2",
-    "++trainer.limit_val_batches=1",
-    "evaluation.n_examples=24",
-    "evaluation.eps_factors=[0.0,1.0]",
-    "attack.steps=1",
-]
 LAUNCHER = [
     "hydra/launcher=slurm",
     "hydra.launcher.cpus_per_task=1",

@@ -15,17 +15,7 @@ import pytest
 
 from advtrain.cli.sweep import SUMMARY_CSV, SUMMARY_MD, summarize_sweep
 
-from .conftest import FAST
-
-TINY = [
-    *(o for o in FAST if not o.startswith("trainer.max_epochs")),
-    "trainer.max_epochs=1",
-    "++trainer.limit_train_batches=2",
-    "++trainer.limit_val_batches=1",
-    "evaluation.n_examples=24",
-    "evaluation.eps_factors=[0.0,1.0]",
-    "attack.steps=1",
-]
+from .conftest import TINY
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
