@@ -60,9 +60,16 @@ def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:
     assert isinstance(at.attack, FGSM) and at.attack.random_start
     assert at.attack.eps == 0.15 and at.attack.alpha == pytest.approx(1.25 * 0.15)
     assert at.schedules == {}, "Fast-AT trains at the full eps from the start"
-    assert cfg.module.lr_schedule == "cyclic"
+    assert cfg.module.lr_schedule == "cyclic" and cfg.module.lr == pytest.approx(5e-3)
     guards = [cb for cb in callbacks if isinstance(cb, CatastrophicOverfittingGuard)]
     assert len(guards) == 1 and guards[0].action == "restore_and_stop"
+    # Wong et al.'s check: PGD-5 on one minibatch, at the threat model
+    check = guards[0].attack
+    assert isinstance(check, PGD) and check.steps == 5 and check.eps == 0.15
+    assert guards[0].n_examples == 128 and guards[0].drop_threshold == 0.2
+    # a recipe with its own optimizer keeps it
+    recipe = compose(overrides=["recipe=fast_at_cifar10"], output_dir="x")
+    assert (recipe.module.optimizer, recipe.module.lr) == ("sgd", 0.2)
     assert cfg.attack._target_ == "advtrain.attacks.PGD", "the attack group stays the threat model"
     assert cfg.method.name == "fast_at"
 
@@ -74,6 +81,11 @@ def test_free_at_divides_the_epochs_of_the_recipe() -> None:
     assert (cb.eps, cb.norm, cb.replays, cb.divide_max_epochs) == (0.15, "linf", 4, True)
     pgd_at = composed("pgd_at")
     assert cfg.trainer.max_epochs == pgd_at.trainer.max_epochs  # divided at fit time
+    assert (cfg.module.lr_schedule, cfg.module.lr) == ("cyclic", pytest.approx(5e-3))
+    assert cfg.method.name == "free_at"
+    recipe = compose(overrides=["recipe=free_at_cifar10"], output_dir="x")
+    assert (recipe.module.lr_schedule, recipe.module.lr) == ("multistep", 0.1)
+    assert recipe.method.callback.replays == 8
 
 
 @pytest.mark.parametrize("method", ["trades", "mart", "fast_at", "free_at"])
@@ -96,6 +108,8 @@ def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
     assert 0.0 <= report["robust_accuracy"]["pgd-50x5"] <= report["clean_accuracy"] <= 1.0
     assert report["clean_accuracy"] > 0.2, "it learned something"
     assert report["threat_model"]["eps"] == pytest.approx(0.2)
+    timings = report["timings_s"]  # the training time inside batches, within fit, within train
+    assert 0.0 < timings["train_steps"] < timings["fit"] <= timings["train"]
     rows = metrics(tmp_path)
     steps = {int(r["step"]) for r in rows if r.get("step")}
     epochs = {int(r["epoch"]) for r in rows if r.get("epoch")}
