@@ -32,6 +32,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 Interval = tuple[Tensor, Tensor]
+#: A box in centre/width form ``(mu, w)``: ``mu = (l + u) / 2`` and ``w = u - l >= 0``. IBP
+#: propagates boxes in this form: an affine layer needs one product with ``M`` and one with
+#: ``|M|`` and no elementwise pass (Gowal et al. 2018, Eq. 4-5).
+Box = tuple[Tensor, Tensor]
 #: Linear bound coefficients for the lower and the upper bound (either may be ``None``).
 APair = tuple[Tensor | None, Tensor | None]
 
@@ -58,6 +62,18 @@ class RunContext:
 def _sum_spec(t: Tensor) -> Tensor:
     """Sums a ``(B, S, ...)`` tensor over everything but its first two dimensions."""
     return t.flatten(2).sum(dim=2) if t.dim() > 2 else t
+
+
+def box_to_interval(box: Box) -> Interval:
+    """``(mu, w)`` → ``(mu - w/2, mu + w/2)`` (fresh tensors)."""
+    mu, w = box
+    return torch.sub(mu, w, alpha=0.5), torch.add(mu, w, alpha=0.5)
+
+
+def interval_to_box(iv: Interval) -> Box:
+    """``(l, u)`` → ``((l + u)/2, u - l)`` (fresh tensors)."""
+    lo, hi = iv
+    return torch.add(hi, lo).mul_(0.5), torch.sub(hi, lo)
 
 
 def _pos_neg(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,6 +104,14 @@ class BoundOp:
     def interval(self, ctx: RunContext, *ivs: Interval) -> Interval:
         """The image of the boxes ``ivs`` (one per input)."""
         raise NotImplementedError
+
+    def box(self, ctx: RunContext, *boxes: Box, owned: bool = False) -> Box:
+        """The image of boxes in centre/width form (:data:`Box`), one per input.
+
+        ``owned``: the caller owns the input tensors (fresh, read by nobody else); an operator
+        may then overwrite them. The default goes through :meth:`interval`.
+        """
+        return interval_to_box(self.interval(ctx, *[box_to_interval(b) for b in boxes]))
 
     def backward(
         self, ctx: RunContext, lA: Tensor | None, uA: Tensor | None, in_bounds: Sequence[Any]
@@ -142,26 +166,12 @@ class AffineOp(BoundOp):
         return self.apply(ctx, xs[0])
 
     def interval(self, ctx: RunContext, *ivs: Interval) -> Interval:
-        lo, hi = ivs[0]
-        # Elementwise passes over large activations dominate IBP's cost on CPU: the halving of
-        # (hi + lo) and (hi - lo) is folded into the weights where possible, and the upper end
-        # reuses the centre's buffer (fresh temporaries only, none saved by autograd).
-        c, r = self.center_radius(ctx, torch.add(hi, lo), torch.sub(hi, lo))
-        lower = c - r
-        return lower, c.add_(r)
+        return box_to_interval(self.box(ctx, interval_to_box(ivs[0])))
 
-    def interval_owned(self, ctx: RunContext, iv: Interval) -> Interval:
-        """:meth:`interval` reusing the input box's buffers (the caller owns them, no autograd)."""
-        lo, hi = iv
-        total = hi.add_(lo)
-        width = lo.mul_(-2.0).add_(total)  # hi - lo
-        c, r = self.center_radius(ctx, total, width)
-        lower = c - r
-        return lower, c.add_(r)
-
-    def center_radius(self, ctx: RunContext, total: Tensor, width: Tensor) -> Interval:
-        """``(M·(total/2) + b, |M|·(width/2))`` for ``total = hi + lo``, ``width = hi - lo``."""
-        return self.apply(ctx, total.mul_(0.5)), self.apply_abs(ctx, width.mul_(0.5))
+    def box(self, ctx: RunContext, *boxes: Box, owned: bool = False) -> Box:
+        """``(M·mu + b, |M|·w)``: exact for the centre/width form of a box."""
+        mu, w = boxes[0]
+        return self.apply(ctx, mu), self.apply_abs(ctx, w)
 
     def backward(
         self, ctx: RunContext, lA: Tensor | None, uA: Tensor | None, in_bounds: Sequence[Any]
@@ -192,10 +202,6 @@ class DenseOp(AffineOp):
 
     def apply_abs(self, ctx: RunContext, r: Tensor) -> Tensor:
         return F.linear(r, self.module.weight.abs())
-
-    def center_radius(self, ctx: RunContext, total: Tensor, width: Tensor) -> Interval:
-        w = self.module.weight
-        return F.linear(total, 0.5 * w, self.module.bias), F.linear(width, 0.5 * w.abs())
 
     def transpose(self, ctx: RunContext, A: Tensor) -> Tensor:
         return A.matmul(self.module.weight)
@@ -266,11 +272,6 @@ class ConvOp(AffineOp):
 
     def apply_abs(self, ctx: RunContext, r: Tensor) -> Tensor:
         return F.conv2d(r, self.module.weight.abs(), None, **self._args())
-
-    def center_radius(self, ctx: RunContext, total: Tensor, width: Tensor) -> Interval:
-        w, args = self.module.weight, self._args()
-        c = F.conv2d(total, 0.5 * w, self.module.bias, **args)
-        return c, F.conv2d(width, 0.5 * w.abs(), None, **args)
 
     def transpose(self, ctx: RunContext, A: Tensor) -> Tensor:
         m = self.module
@@ -567,6 +568,10 @@ class AddOp(BoundOp):
             return l1 + l2, u1 + u2
         return l1 - u2, u1 - l2
 
+    def box(self, ctx: RunContext, *boxes: Box, owned: bool = False) -> Box:
+        (m1, w1), (m2, w2) = boxes
+        return (m1 + m2 if self.sign > 0 else m1 - m2), w1 + w2
+
     def backward(
         self, ctx: RunContext, lA: Tensor | None, uA: Tensor | None, in_bounds: Sequence[Any]
     ) -> tuple[list[APair], Tensor | float, Tensor | float]:
@@ -596,10 +601,6 @@ class MonotoneOp(BoundOp):
     def interval(self, ctx: RunContext, *ivs: Interval) -> Interval:
         lo, hi = ivs[0]
         return self.fn(lo), self.fn(hi)
-
-    def interval_inplace(self, ctx: RunContext, iv: Interval) -> Interval:
-        """:meth:`interval` overwriting the input box (the caller owns it and is its last user)."""
-        return self.interval(ctx, iv)
 
 
 def relu_relaxation(
@@ -640,11 +641,26 @@ class ReLUOp(MonotoneOp):
         )
         super().__init__(name, fn)
 
-    def interval_inplace(self, ctx: RunContext, iv: Interval) -> Interval:
-        lo, hi = iv
-        if self.leak == 0:
-            return F.relu(lo, inplace=True), F.relu(hi, inplace=True)
-        return F.leaky_relu(lo, self.leak, inplace=True), F.leaky_relu(hi, self.leak, inplace=True)
+    def box(self, ctx: RunContext, *boxes: Box, owned: bool = False) -> Box:
+        """ReLU of a centre/width box in four elementwise passes and no temporaries.
+
+        With ``c, w`` the input box and ``u = relu(c + w/2)`` the upper end of the output, the
+        output width ``relu(c + w/2) - relu(c - w/2)`` equals ``min(u, w)`` (both are ``w`` when
+        the neuron is active, 0 when inactive, ``u`` when unstable) and the output centre is
+        ``u - width/2``. Same numbers as the endpoint form up to rounding.
+        """
+        if self.leak != 0:
+            return super().box(ctx, *boxes, owned=owned)
+        c, w = boxes[0]
+        if not owned:
+            upper = torch.add(c, w, alpha=0.5).relu_()
+        else:
+            upper = c.add_(w, alpha=0.5).relu_()
+            if not (torch.is_grad_enabled() and (c.requires_grad or w.requires_grad)):
+                width = torch.minimum(upper, w, out=w)
+                return upper.sub_(width, alpha=0.5), width
+        width = torch.minimum(upper, w)
+        return torch.sub(upper, width, alpha=0.5), width
 
     def backward(
         self, ctx: RunContext, lA: Tensor | None, uA: Tensor | None, in_bounds: Sequence[Any]
@@ -787,6 +803,7 @@ __all__ = [
     "AvgPoolOp",
     "BatchNormOp",
     "BoundOp",
+    "Box",
     "ConvOp",
     "DenseOp",
     "InputOp",
@@ -797,5 +814,7 @@ __all__ = [
     "ReshapeOp",
     "RunContext",
     "ScaleOp",
+    "box_to_interval",
+    "interval_to_box",
     "relu_relaxation",
 ]

@@ -46,8 +46,8 @@ class InputSet:
         For ``linf`` (clipped) it is the set itself; for ``l2`` it contains the ball.
         """
         lo, hi = self.x - self.eps, self.x + self.eps
-        if clip:
-            lo, hi = lo.clamp(min=self.low), hi.clamp(max=self.high)
+        if clip:  # fresh tensors: clip in place
+            lo, hi = lo.clamp_(min=self.low), hi.clamp_(max=self.high)
         return lo, hi
 
 

@@ -22,14 +22,16 @@ from advtrain.certify._graph import BoundGraph, build_graph
 from advtrain.certify._ops import (
     AddOp,
     BatchNormOp,
+    Box,
     ConvOp,
     DenseOp,
     Interval,
-    MonotoneOp,
     ReshapeOp,
     RunContext,
     ScaleOp,
+    box_to_interval,
     conv_padding,
+    interval_to_box,
 )
 from advtrain.certify._spec import InputSet, check_arguments, check_output, margin_spec
 
@@ -68,8 +70,14 @@ def ibp_pass(
     only: set[int] | None = None,
     clip_l2: bool = True,
 ) -> dict[int, Interval]:
-    """Interval bounds of the nodes ``keep`` (see :func:`_propagate`)."""
-    return _propagate(graph, inputs, ctx, keep, stop, only, clip_l2)[0]
+    """Interval bounds ``(lower, upper)`` of the nodes ``keep`` (see :func:`_propagate`)."""
+    boxes = _propagate(graph, inputs, ctx, keep, stop, only, clip_l2)[0]
+    return {i: box_to_interval(b) for i, b in boxes.items()}
+
+
+#: Producers whose boxes are fresh tensors that autograd does not save (their only consumer may
+#: overwrite them).
+_FRESH = (DenseOp, ConvOp, BatchNormOp, AddOp)
 
 
 def _propagate(
@@ -80,8 +88,13 @@ def _propagate(
     stop: int | None = None,
     only: set[int] | None = None,
     clip_l2: bool = True,
-) -> tuple[dict[int, Interval], dict[int, _Affine]]:
-    """Propagates the input set's box through ``graph``.
+) -> tuple[dict[int, Box], dict[int, _Affine]]:
+    """Propagates the input set's box through ``graph`` in centre/width form.
+
+    Every node's box is held as ``(mu, w)`` (centre and width, :data:`~._ops.Box`): an affine
+    layer maps it with one product by ``M`` and one by ``|M|`` (Gowal et al. 2018, Eq. 4-5) and
+    a ReLU takes four elementwise passes, in place when it is the only reader of a fresh box
+    (:meth:`~._ops.ReLUOp.box`); endpoints are only formed where they are asked for.
 
     For ``l2`` the box ``[x - eps, x + eps] ∩ [low, high]`` is propagated, and at the first
     linear or convolution layer (after any elementwise-affine layers such as ``Normalize``) the
@@ -92,25 +105,25 @@ def _propagate(
         graph: The bound graph.
         inputs: The input set.
         ctx: Run context (BatchNorm statistics).
-        keep: Node indices whose intervals are returned (default: only the output).
+        keep: Node indices whose boxes are returned (default: only the output).
         stop: Propagate up to this node index (inclusive; default: the whole graph).
         only: Evaluate only these nodes (their inputs must be among them or the input).
         clip_l2: For ``l2``, intersect with the input box (``False``: the plain ball, as in
             auto_LiRPA).
 
     Returns:
-        ``{node index: (lower, upper)}`` for ``keep`` (and ``stop``/the output), and the exact
+        ``{node index: (mu, w)}`` for ``keep`` (and ``stop``/the output), and the exact
         description ``(c, s)`` of the L2 ball at those of them still in the elementwise prefix.
     """
     n_nodes = len(graph.nodes)
     last = n_nodes - 1 if stop is None else stop
     want = set(keep or ()) | {last if stop is not None else graph.output}
     l2 = inputs.norm == "l2"
-    ivs: list[Interval | None] = [None] * n_nodes
+    boxes: list[Box | None] = [None] * n_nodes
     aff: list[_Affine | None] = [None] * n_nodes
-    # Boxes held in buffers nobody else reads or saves (reusable by their only consumer).
-    owned = [False] * n_nodes
-    ivs[0] = inputs.box(clip=not l2 or clip_l2)
+    lo, hi = inputs.box(clip=not l2 or clip_l2)
+    width = hi - lo
+    boxes[0] = (hi.add_(lo).mul_(0.5), width)
     if l2:
         x = inputs.x
         aff[0] = (x, torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
@@ -119,58 +132,38 @@ def _propagate(
             continue
         node = graph.nodes[i]
         op = node.op
-        ins = [ivs[j] for j in node.inputs]
+        ins = [boxes[j] for j in node.inputs]
         if any(v is None for v in ins):
-            raise RuntimeError(f"internal error: missing interval for an input of {op.name}")
+            raise RuntimeError(f"internal error: missing box for an input of {op.name}")
         tracked = aff[node.inputs[0]] if len(node.inputs) == 1 else None
         if tracked is not None and isinstance(op, (ScaleOp, ReshapeOp)):
             c, s = tracked
             aff[i] = (op.apply(ctx, c), op.apply_abs(ctx, s))
-            ivs[i] = op.interval(ctx, *ins)  # type: ignore[arg-type]
+            boxes[i] = op.box(ctx, *ins)  # type: ignore[arg-type]
         elif tracked is not None and isinstance(op, (DenseOp, ConvOp)):
             c, s = tracked
             center = op.apply(ctx, c)
             radius = _l2_radius(op, s, inputs.eps)
-            lo, hi = op.interval(ctx, *ins)  # type: ignore[arg-type]
-            ivs[i] = (torch.maximum(lo, center - radius), torch.minimum(hi, center + radius))
-        elif isinstance(op, MonotoneOp) and _owns(graph, node.inputs[0], i, want):
-            # The activation is the only reader of a fresh box: overwrite it (saves two large
-            # allocations per layer).
-            ivs[node.inputs[0]] = None
-            ivs[i] = op.interval_inplace(ctx, ins[0])
-            owned[i] = not (ins[0][0].requires_grad or ins[0][1].requires_grad)  # type: ignore[index]
-        elif (
-            isinstance(op, (DenseOp, ConvOp))
-            and owned[node.inputs[0]]
-            and graph.consumers[node.inputs[0]] == 1
-            and node.inputs[0] not in want
-        ):
-            ivs[node.inputs[0]] = None
-            ivs[i] = op.interval_owned(ctx, ins[0])  # type: ignore[arg-type]
-            owned[i] = True
+            lo, hi = box_to_interval(op.box(ctx, *ins))  # type: ignore[arg-type]
+            lo, hi = torch.maximum(lo, center - radius), torch.minimum(hi, center + radius)
+            boxes[i] = interval_to_box((lo, hi))
         else:
-            ivs[i] = op.interval(ctx, *ins)  # type: ignore[arg-type]
-            owned[i] = isinstance(op, (DenseOp, ConvOp, AddOp, MonotoneOp)) and not (
-                ivs[i][0].requires_grad or ivs[i][1].requires_grad  # type: ignore[index]
+            j = node.inputs[0]
+            # The only reader of a fresh box that is not returned may overwrite it.
+            owned = (
+                len(node.inputs) == 1
+                and j != 0
+                and j not in want
+                and graph.consumers[j] == 1
+                and isinstance(graph.nodes[j].op, _FRESH)
             )
+            boxes[i] = op.box(ctx, *ins, owned=owned)  # type: ignore[arg-type]
         for j in node.inputs:
             if graph.last_use[j] <= i and j not in want:
-                ivs[j] = None
+                boxes[j] = None
                 aff[j] = None
-    out = {i: ivs[i] for i in want if ivs[i] is not None}
+    out = {i: boxes[i] for i in want if boxes[i] is not None}
     return out, {i: aff[i] for i in want if aff[i] is not None}  # type: ignore[misc]
-
-
-def _owns(graph: BoundGraph, j: int, i: int, want: set[int]) -> bool:
-    """Node ``i`` may overwrite the box of node ``j``: ``j`` is a linear layer or a sum (whose
-    boxes are fresh tensors that autograd does not save) read only by ``i`` and not returned."""
-    producer = graph.nodes[j].op
-    return (
-        j != 0
-        and j not in want
-        and graph.consumers[j] == 1
-        and isinstance(producer, (DenseOp, ConvOp, BatchNormOp, AddOp))
-    )
 
 
 def fold_target(graph: BoundGraph) -> int | None:
@@ -186,7 +179,7 @@ def spec_interval(
     inputs: InputSet,
     ctx: RunContext,
     C: Tensor,
-    pre: tuple[dict[int, Interval], dict[int, _Affine]] | None = None,
+    pre: tuple[dict[int, Box], dict[int, _Affine]] | None = None,
 ) -> Interval:
     """IBP bounds on ``C·z`` with ``C`` folded into the final linear layer when there is one.
 
@@ -195,22 +188,20 @@ def spec_interval(
         inputs: The input set.
         ctx: Run context.
         C: Spec matrix ``(B, S, K)``.
-        pre: Intervals (and L2 descriptions) already propagated by :func:`_propagate`; must hold
+        pre: Boxes (and L2 descriptions) already propagated by :func:`_propagate`; must hold
             :func:`fold_target` (or the output when there is none).
     """
     op = graph.nodes[graph.output].op
     j = fold_target(graph)
     if j is not None:
         assert isinstance(op, DenseOp)
-        ivs, affs = pre if pre is not None else _propagate(graph, inputs, ctx, stop=j)
-        lo, hi = ivs[j]
+        boxes, affs = pre if pre is not None else _propagate(graph, inputs, ctx, stop=j)
+        mu, w = boxes[j]
         W, b = op.folded(C)  # (B, S, in), (B, S)
-        center = ((hi + lo) / 2).unsqueeze(-1)
-        radius = ((hi - lo) / 2).unsqueeze(-1)
-        c = W.matmul(center).squeeze(-1)
+        c = W.matmul(mu.unsqueeze(-1)).squeeze(-1)
         if b is not None:
             c = c + b
-        r = W.abs().matmul(radius).squeeze(-1)
+        r = W.abs().matmul(w.unsqueeze(-1)).squeeze(-1).mul_(0.5)
         lower, upper = c - r, c + r
         if j in affs:  # L2 ball still exact here: intersect with the dual-norm interval of C·W
             cx, sx = affs[j]
@@ -220,11 +211,10 @@ def spec_interval(
             rad = _l2_radius(op, sx, inputs.eps, W)
             lower, upper = torch.maximum(lower, cc - rad), torch.minimum(upper, cc + rad)
         return lower, upper
-    ivs = pre[0] if pre is not None else ibp_pass(graph, inputs, ctx)
-    lo, hi = ivs[graph.output]
-    center, radius = (hi + lo) / 2, (hi - lo) / 2
-    c = C.matmul(center.unsqueeze(-1)).squeeze(-1)
-    r = C.abs().matmul(radius.unsqueeze(-1)).squeeze(-1)
+    boxes = pre[0] if pre is not None else _propagate(graph, inputs, ctx)[0]
+    mu, w = boxes[graph.output]
+    c = C.matmul(mu.unsqueeze(-1)).squeeze(-1)
+    r = C.abs().matmul(w.unsqueeze(-1)).squeeze(-1).mul_(0.5)
     return c - r, c + r
 
 
@@ -258,7 +248,7 @@ def compute_ibp(
     ctx = RunContext(batch_stats=batch_stats)
     graph, k = prepare(model, inputs, labels, ctx)
     if labels is None:
-        return ibp_pass(graph, inputs, ctx)[graph.output]
+        return box_to_interval(_propagate(graph, inputs, ctx)[0][graph.output])
     return spec_interval(graph, inputs, ctx, margin_spec(labels, k, inputs.x.dtype))
 
 

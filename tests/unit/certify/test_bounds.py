@@ -308,6 +308,63 @@ def test_bounds_without_autograd_equal_bounds_with_it(convs, denses, seed, norm)
     torch.testing.assert_close(without[1], with_grad[1], atol=1e-12, rtol=0)
 
 
+def _endpoint_ibp(model: nn.Sequential, x: torch.Tensor, eps: float, labels: torch.Tensor):
+    """Textbook IBP in endpoint form (Gowal et al. 2018, Eq. 4-6), layer by layer, margins folded
+    into the last linear layer: the reference for the centre/width implementation."""
+    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    layers = list(model)
+    unstable = 0
+    for layer in layers[:-1]:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            c, r = (hi + lo) / 2, (hi - lo) / 2
+            if isinstance(layer, nn.Conv2d):
+                kw = {"stride": layer.stride, "padding": layer.padding, "groups": layer.groups}
+                c = F.conv2d(c, layer.weight, layer.bias, dilation=layer.dilation, **kw)
+                r = F.conv2d(r, layer.weight.abs(), None, dilation=layer.dilation, **kw)
+            else:
+                c, r = F.linear(c, layer.weight, layer.bias), F.linear(r, layer.weight.abs())
+            lo, hi = c - r, c + r
+        elif isinstance(layer, nn.ReLU):
+            unstable += int(((lo < 0) & (hi > 0)).sum())
+            lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+        elif isinstance(layer, nn.Flatten):
+            lo, hi = lo.flatten(1), hi.flatten(1)
+        else:  # Normalize: increasing
+            lo, hi = layer(lo), layer(hi)
+    C = margin_spec(labels, layers[-1].out_features, x.dtype)
+    W, b = C.matmul(layers[-1].weight), C.matmul(layers[-1].bias)
+    c = W.matmul(((hi + lo) / 2).unsqueeze(-1)).squeeze(-1) + b
+    r = W.abs().matmul(((hi - lo) / 2).unsqueeze(-1)).squeeze(-1)
+    return c - r, c + r, unstable
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ibp_equals_endpoint_interval_arithmetic_with_gradients(seed):
+    """IBP propagates centre/width boxes with an in-place ReLU (``width = min(relu(c + w/2),
+    w)``): the bounds and their parameter gradients equal textbook endpoint arithmetic."""
+    model = random_net(
+        ["conv", "relu", "conv_s2", "relu", "conv_dilated", "relu"], ["linear", "relu"], seed
+    )
+    x = _inputs(seed)
+    labels = torch.tensor([0, 1, 2])
+    eps = 0.08
+    *ref, unstable = _endpoint_ibp(model, x, eps, labels)
+    got = interval_bounds(model, x, eps, labels=labels)
+    with torch.no_grad():
+        got_ng = interval_bounds(model, x, eps, labels=labels)
+    for a, b, c in zip(got, got_ng, ref, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(b, c, atol=1e-12, rtol=1e-12)
+    assert unstable > 0  # so every branch of the ReLU's box map is exercised
+    params = [p for p in model.parameters()]
+    loss = F.cross_entropy(-got[0], labels)
+    loss_ref = F.cross_entropy(-ref[0], labels)
+    grads = torch.autograd.grad(loss, params)
+    grads_ref = torch.autograd.grad(loss_ref, params)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-9)
+
+
 def test_crown_chunking_does_not_change_bounds():
     model = random_net(["conv", "relu", "conv", "relu"], ["linear", "relu"], 2)
     x = _inputs(2)
