@@ -7,6 +7,9 @@ Prints three results:
     ``torch.autograd.grad`` steps with the same random start: ratio, target <= 1.05.
 (b) APGD-CE with 100 iterations against 100 hand-written forward + input-backward passes
     (with a sign step and a clamp, i.e. the cheapest possible attack loop): ratio, target <= 1.05.
+    The wall-clock ratio moves by about ±10% between runs on a shared machine;
+    ``scripts/bench_apgd_instructions.py`` measures the same comparison in instructions
+    (callgrind), which machine load does not affect.
 (c) AutoAttack "standard" on the 360 held-out sklearn digits (8x8) with a SmallCNN trained here
     by a hand-written Madry PGD-AT loop (eps 0.2): clean, PGD-50, per-attack and final robust
     accuracy and the time of each attack. For reference, the original AutoAttack code took about

@@ -51,19 +51,23 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _copy_rows_(dst: Tensor, mask: Tensor, src: Tensor) -> Tensor:
-    """``dst[mask] = src[mask]`` in place, for a per-example boolean ``mask``.
+def _rows(mask: Tensor) -> Tensor:
+    """The selection :func:`_copy_rows_` takes for a per-example boolean ``mask``.
 
-    On the CPU only the selected rows are copied (late in a run few examples improve, and
-    finding them costs no device sync); on accelerators a branch-free ``torch.where`` avoids a
-    host sync per iteration.
+    On the CPU the indices of the selected rows (late in a run few examples change, and finding
+    them costs no device sync); on accelerators the mask itself, for a branch-free
+    ``torch.where`` that avoids a host sync per iteration. One selection serves several copies.
     """
-    if dst.device.type == "cpu":
-        idx = mask.nonzero().squeeze(1)
-        if idx.numel():
-            dst.index_copy_(0, idx, src.index_select(0, idx))
+    return mask.nonzero().squeeze(1) if mask.device.type == "cpu" else mask
+
+
+def _copy_rows_(dst: Tensor, rows: Tensor, src: Tensor) -> Tensor:
+    """``dst[rows] = src[rows]`` in place, for ``rows`` from :func:`_rows`."""
+    if rows.dtype != torch.bool:
+        if rows.numel():
+            dst.index_copy_(0, rows, src.index_select(0, rows))
         return dst
-    return torch.where(_view(mask, dst), src, dst, out=dst)
+    return torch.where(_view(rows, dst), src, dst, out=dst)
 
 
 class APGD(Attack):
@@ -228,7 +232,10 @@ class APGD(Attack):
             lo = (x - eps).clamp_min(low)
             hi = (x + eps).clamp_max(high)
 
+        ones: Tensor | None = None  # d(sum of the losses)/d(loss), made on the first pass
+
         def forward(x_in: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+            nonlocal ones
             if not need_grad:
                 with torch.no_grad():
                     logits = model(x_in)
@@ -236,15 +243,20 @@ class APGD(Attack):
             x_in.requires_grad_(True)
             logits = model(x_in)
             loss = loss_fn(logits, y, target)
-            (g,) = torch.autograd.grad(loss.sum(), x_in)
+            if ones is None:
+                ones = torch.ones_like(loss)
+            (g,) = torch.autograd.grad(loss, x_in, grad_outputs=ones)
             x_in.requires_grad_(False)
-            return loss.detach(), logits.detach().argmax(1) != y, g
+            return loss.detach(), logits.argmax(1) != y, g
 
         loss, fooled_now, grad = forward(x_adv, need_grad=steps > 0)
-        # Own buffers, updated in place below.
+        # Own buffers, updated in place below. ``x_out`` and ``loss_out`` follow the examples
+        # misclassified so far (the highest-loss misclassified point); the others' output is
+        # their highest-loss point, ``x_best``, filled in at the end.
         x_best, loss_best = x_adv.clone(), loss
         grad_best = None if grad is None else grad.clone()
-        x_out, fooled, loss_out = x_adv.clone(), fooled_now, loss
+        x_out, fooled = x_adv.clone(), fooled_now
+        loss_out = torch.where(fooled, loss, float("-inf"))
 
         n = x.shape[0]
         n_fts = x[0].numel()
@@ -269,6 +281,7 @@ class APGD(Attack):
             loss_best_last = loss_best
             prev_loss = loss
         x_prev = x_adv
+        s = _view(step, x)  # the step size per example, shaped for broadcasting
 
         for i in range(steps):
             assert grad is not None
@@ -279,14 +292,14 @@ class APGD(Attack):
                     thresh = flat.sort(dim=1).values.gather(1, kth.unsqueeze(1))
                     sparse = torch.where(flat >= thresh, grad.flatten(1).sign(), 0.0)
                     sparse = sparse / (sparse.abs().sum(1, keepdim=True) + 1e-10)
-                    x_new = threat.project(x_adv + _view(step, x) * sparse.view_as(x), x)
+                    x_new = threat.project(x_adv + s * sparse.view_as(x), x)
                 else:
                     # x_new = P(x + a (z - x) + (1 - a)(x - x_prev))
-                    #       = P(a z + 2 (1 - a) x - (1 - a) x_prev), computed in place.
+                    #       = P(a z + 2 (1 - a) x - (1 - a) x_prev), computed in place
+                    # (``grad`` is this pass's own tensor; ``grad_best`` holds copies).
                     a = self.momentum if i > 0 else 1.0
-                    s = _view(step, x)
                     if linf:
-                        z = grad.sign().mul_(s).add_(x_adv).clamp_(lo, hi)
+                        z = grad.sign_().mul_(s).add_(x_adv).clamp_(lo, hi)
                     else:
                         g_norm = grad.flatten(1).norm(p=2, dim=1) + 1e-12
                         z = threat.project(x_adv + grad * _view(step / g_norm, grad), x)
@@ -299,14 +312,16 @@ class APGD(Attack):
             loss, fooled_now, grad = forward(x_adv, need_grad=not last)
 
             with torch.no_grad():
-                # Output: lexicographic (misclassified, loss).
-                take = (fooled_now & ~fooled) | ((fooled_now == fooled) & (loss > loss_out))
-                _copy_rows_(x_out, take, x_adv)
+                # Output: a misclassified point as soon as one is found (``loss_out`` is -inf
+                # until then), the one of highest loss among them.
+                take = fooled_now & (loss > loss_out)
+                _copy_rows_(x_out, _rows(take), x_adv)
                 loss_out = torch.where(take, loss, loss_out)
                 fooled = fooled | fooled_now
                 # Highest-loss point (the restart point).
                 better = loss > loss_best
-                _copy_rows_(x_best, better, x_adv)
+                better_rows = _rows(better)
+                _copy_rows_(x_best, better_rows, x_adv)
                 loss_best = torch.where(better, loss, loss_best)
                 if last:
                     break
@@ -315,7 +330,7 @@ class APGD(Attack):
                 if i + 1 in marks and bool(fooled.all()):
                     break
                 assert grad is not None and grad_best is not None
-                _copy_rows_(grad_best, better, grad)
+                _copy_rows_(grad_best, better_rows, grad)
 
                 if l1:
                     if i + 1 in marks:
@@ -324,6 +339,7 @@ class APGD(Attack):
                         topk = sp_cur / n_fts / 1.5
                         step = torch.where(sparser, base_step, step / 1.5)
                         step = step.clamp(base_step / 10, base_step)
+                        s = _view(step, x)
                         sp_old = sp_cur
                         x_adv = torch.where(_view(sparser, x), x_best, x_adv)
                         grad = torch.where(_view(sparser, x), grad_best, grad)
@@ -336,6 +352,7 @@ class APGD(Attack):
                     cond2 = ~reduced_last & (loss_best_last >= loss_best)
                     reduce = cond1 | cond2
                     step = torch.where(reduce, step / 2, step)
+                    s = _view(step, x)
                     x_adv = torch.where(_view(reduce, x), x_best, x_adv)
                     grad = torch.where(_view(reduce, x), grad_best, grad)
                     prev_loss = torch.where(reduce, loss_best, loss)
@@ -343,6 +360,10 @@ class APGD(Attack):
                     loss_best_last = loss_best
                     increases.zero_()
 
+        # Examples never misclassified: their highest-loss point.
+        unfooled = ~fooled
+        _copy_rows_(x_out, _rows(unfooled), x_best)
+        loss_out = torch.where(unfooled, loss_best, loss_out)
         return x_out, fooled, loss_out, x_best, loss_best
 
     def _single(

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""APGD-CE's overhead over hand-written forward + input-backward passes, in instructions.
+
+Wall-clock ratios on a shared machine move by ±10% between runs, which is more than the
+overhead being measured (issue #3's target: APGD-CE with 100 iterations <= 1.05x the cost of
+100 hand-written forward + input-backward passes). This script measures the same comparison two
+ways:
+
+1. **Instructions** (``valgrind --tool=callgrind``, immune to machine load). The script re-runs
+   itself under callgrind with one thread (``OMP_NUM_THREADS=1``, ``PYTHONHASHSEED=0``) and
+   separates the phases by calling ``os.getppid()`` between them (``--dump-before=getppid``
+   writes one profile per phase). Each method runs at two iteration counts ``a < b`` after a
+   warm-up, so the per-iteration cost (slope) and the fixed cost (intercept: APGD's clean
+   forward pass, the random start, the last forward) are known separately, and the ratio at
+   100 iterations is extrapolated from them; the measured ratios at ``a`` and ``b`` are printed
+   too. Callgrind runs python + torch about 50-100x slower, hence the small batch and
+   iteration counts.
+2. **Wall clock**: interleaved APGD / hand-written pairs at full size (batch 128, 100
+   iterations), the median of the per-pair ratios (as ``bench_attacks.py`` (b)).
+
+Both use a 3x32x32 SmallCNN (width 16, hidden 64) with frozen parameters, labels set to the
+model's own predictions and eps 1e-4, so APGD attacks every example for every iteration (it skips
+misclassified examples and stops once all are fooled), as the hand-written loop does. Example::
+
+    flock /tmp/bench.lock python scripts/bench_apgd_instructions.py
+    python scripts/bench_apgd_instructions.py --skip-wall --batch 16 --steps 10 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advtrain.attacks import APGD
+from advtrain.models import SmallCNN
+
+EPS = 1e-4
+
+
+def setup(batch: int) -> tuple[nn.Module, Tensor, Tensor]:
+    """The frozen model, a random batch and the model's own predictions as labels."""
+    torch.manual_seed(0)
+    model = SmallCNN(input_shape=(3, 32, 32), num_classes=10, width=16, hidden=64).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(batch, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def hand_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, passes: int) -> Tensor:
+    """``passes`` forward + input-backward passes with a sign step: the cheapest attack loop."""
+    x_adv = x.clone()
+    for _ in range(passes):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            x_adv = torch.min(torch.max(x_adv + 0.25 * eps * g.sign(), x - eps), x + eps)
+            x_adv = x_adv.clamp(0, 1)
+    return x_adv
+
+
+def apgd_run(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> Tensor:
+    return APGD(eps=EPS, steps=steps, restarts=1, loss="ce", seed=0)(model, x, y)
+
+
+# -- 1. instruction counts ---------------------------------------------------------------------
+def worker(batch: int, steps: list[int], phases_file: str) -> None:
+    """Runs under callgrind: each ``os.getppid()`` closes the phase before it."""
+    torch.set_num_threads(1)
+    model, x, y = setup(batch)
+    phases = ["setup"]
+    os.getppid()
+    apgd_run(model, x, y, 2)
+    hand_passes(model, x, y, EPS, 2)
+    phases.append("warm-up")
+    os.getppid()
+    for s in steps:
+        apgd_run(model, x, y, s)
+        phases.append(f"apgd-{s}")
+        os.getppid()
+        hand_passes(model, x, y, EPS, s)
+        phases.append(f"hand-{s}")
+        os.getppid()
+    with torch.no_grad():
+        fooled = int((model(apgd_run(model, x, y, steps[0])).argmax(1) != y).sum())
+    phases.append(f"check (fooled {fooled})")
+    Path(phases_file).write_text(json.dumps(phases))
+
+
+def totals(folder: Path, stem: str) -> list[int]:
+    """Instruction totals of the numbered callgrind dumps ``stem.1, stem.2, ...``, in order."""
+    out = []
+    for n in range(1, 1000):
+        f = folder / f"{stem}.{n}"
+        if not f.exists():
+            break
+        for line in f.read_text().splitlines():
+            if line.startswith("totals:") or line.startswith("summary:"):
+                out.append(int(line.split()[1]))
+                break
+    return out
+
+
+def instructions(args: argparse.Namespace) -> None:
+    if shutil.which("valgrind") is None:
+        print("(1) instructions: valgrind not found (apt-get install valgrind); skipped")
+        return
+    a, b = sorted(args.steps)
+    with tempfile.TemporaryDirectory(prefix="apgd_cg_") as tmp:
+        folder = Path(tmp)
+        phases_file = folder / "phases.json"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--dump-before=getppid",
+            f"--callgrind-out-file={folder / 'cg.out'}",
+            sys.executable,
+            __file__,
+            "--worker",
+            "--batch",
+            str(args.cg_batch),
+            "--steps",
+            str(a),
+            str(b),
+            "--phases-file",
+            str(phases_file),
+        ]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not phases_file.exists():
+            print(proc.stdout[-3000:], proc.stderr[-3000:])
+            raise SystemExit("callgrind run failed")
+        counts = totals(folder, "cg.out")
+        phases = json.loads(phases_file.read_text())
+    if len(counts) < len(phases) - 1:
+        raise SystemExit(f"expected {len(phases) - 1} callgrind dumps, found {len(counts)}")
+    ir = dict(zip(phases, counts, strict=False))
+    print(
+        f"(1) instructions (callgrind, 1 thread, batch {args.cg_batch}, "
+        f"{time.perf_counter() - start:.0f} s under valgrind):"
+    )
+    for s in (a, b):
+        print(
+            f"    {s:3d} iterations: APGD-CE {ir[f'apgd-{s}'] / 1e6:9.1f} M, hand-written "
+            f"{ir[f'hand-{s}'] / 1e6:9.1f} M, ratio {ir[f'apgd-{s}'] / ir[f'hand-{s}']:.4f}"
+        )
+    slope = {m: (ir[f"{m}-{b}"] - ir[f"{m}-{a}"]) / (b - a) for m in ("apgd", "hand")}
+    fixed = {m: ir[f"{m}-{a}"] - a * slope[m] for m in ("apgd", "hand")}
+    at100 = (fixed["apgd"] + 100 * slope["apgd"]) / (fixed["hand"] + 100 * slope["hand"])
+    verdict = "OK" if at100 <= 1.05 else "ABOVE TARGET"
+    print(
+        f"    per iteration: APGD-CE {slope['apgd'] / 1e6:.2f} M, hand-written "
+        f"{slope['hand'] / 1e6:.2f} M (ratio {slope['apgd'] / slope['hand']:.4f}); fixed cost: "
+        f"APGD-CE {fixed['apgd'] / 1e6:.1f} M, hand-written {fixed['hand'] / 1e6:.1f} M"
+    )
+    print(f"    extrapolated to 100 iterations: ratio {at100:.4f} (target <= 1.05) {verdict}")
+
+
+# -- 2. wall clock ------------------------------------------------------------------------------
+def wall(args: argparse.Namespace) -> None:
+    model, x, y = setup(args.batch)
+    apgd_run(model, x, y, 100)  # warm-up
+    hand_passes(model, x, y, EPS, 100)
+    pairs = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        apgd_run(model, x, y, 100)
+        t1 = time.perf_counter()
+        hand_passes(model, x, y, EPS, 100)
+        t2 = time.perf_counter()
+        pairs.append((t1 - t0, t2 - t1))
+    ratio = statistics.median(p / h for p, h in pairs)
+    print(
+        f"(2) wall clock ({torch.get_num_threads()} threads, batch {args.batch}, 100 iterations): "
+        f"APGD-CE {statistics.median(p for p, _ in pairs) * 1e3:.0f} ms, hand-written "
+        f"{statistics.median(h for _, h in pairs) * 1e3:.0f} ms, median ratio {ratio:.3f} over "
+        f"{args.repeats} interleaved pairs (min {min(p / h for p, h in pairs):.3f}, "
+        f"max {max(p / h for p, h in pairs):.3f})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, nargs=2, default=[10, 30], help="a b for callgrind")
+    parser.add_argument("--cg-batch", type=int, default=32, help="batch under callgrind")
+    parser.add_argument("--batch", type=int, default=128, help="batch of the wall-clock part")
+    parser.add_argument("--repeats", type=int, default=10, help="wall-clock pairs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (wall clock)")
+    parser.add_argument("--skip-instructions", action="store_true")
+    parser.add_argument("--skip-wall", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--phases-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.batch, sorted(args.steps), args.phases_file)
+        return
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}")
+    if not args.skip_instructions:
+        instructions(args)
+    if not args.skip_wall:
+        wall(args)
+
+
+if __name__ == "__main__":
+    main()
