@@ -158,9 +158,14 @@ up() {
     fi
     mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null || true
     if ! pgrep -x munged >/dev/null; then
-        runuser -u munge -- /usr/sbin/munged --pid-file="$DIR/munged.pid" 2>/dev/null \
-            || /usr/sbin/munged --force --pid-file="$DIR/munged.pid"
-        echo started >"$DIR/munged.started"
+        # munged runs as its own user (it cannot write into $DIR): record its PID ourselves, so
+        # `down` stops it, and only when `up` started it.
+        runuser -u munge -- /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
+        if ! wait_for 10 pgrep -x munged; then
+            echo "local_slurm.sh: munged did not start" >&2
+            exit 1
+        fi
+        pgrep -n -x munged >"$DIR/munged.pid"
     fi
     export SLURM_CONF="$CONF"
     start_database
@@ -214,10 +219,7 @@ down() {
     stop_pid slurmctld "$DIR/slurmctld.pid"
     stop_pid slurmdbd "$DIR/slurmdbd.pid"
     stop_pid mariadb "$DIR/mariadb.pid"
-    if [ -f "$DIR/munged.started" ]; then
-        stop_pid munged "$DIR/munged.pid"
-        rm -f "$DIR/munged.started"
-    fi
+    stop_pid munged "$DIR/munged.pid"
 }
 
 case "${1:-}" in
