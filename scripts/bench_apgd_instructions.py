@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from bench_attacks import hand_passes  # the same hand loop as bench_attacks.py (scripts/)
 from torch import Tensor, nn
 
 from advtrain.attacks import APGD
@@ -59,19 +59,6 @@ def setup(batch: int) -> tuple[nn.Module, Tensor, Tensor]:
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
-
-
-def hand_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, passes: int) -> Tensor:
-    """``passes`` forward + input-backward passes with a sign step: the cheapest attack loop."""
-    x_adv = x.clone()
-    for _ in range(passes):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            x_adv = torch.min(torch.max(x_adv + 0.25 * eps * g.sign(), x - eps), x + eps)
-            x_adv = x_adv.clamp(0, 1)
-    return x_adv
 
 
 def apgd_run(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> Tensor:

@@ -22,9 +22,14 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 
+def _samplers(loader: DataLoader) -> list[object]:
+    """The loader's sampler and its batch sampler's sampler (whichever Lightning gave an epoch)."""
+    return [loader.sampler, getattr(loader.batch_sampler, "sampler", None)]
+
+
 def _sampler_epoch(loader: DataLoader) -> int | None:
     """The epoch set on the loader's sampler (or its batch sampler's), if it has one."""
-    for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+    for sampler in _samplers(loader):
         epoch = getattr(sampler, "epoch", None)
         if epoch is not None:
             return int(epoch)
@@ -76,7 +81,7 @@ class ResumableDataLoader(DataLoader):
         self._resume_epoch, self._resume_batches = epoch, done
         # Lightning creates the restored epoch's iterator right after this call, before it sets
         # the epoch on the sampler again: set it here so that iterator has the epoch's order.
-        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+        for sampler in _samplers(self):
             set_epoch = getattr(sampler, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(epoch)
