@@ -76,13 +76,36 @@ def centred_difference_block(s: int) -> Tensor:
     return block / block.norm()
 
 
-def _window_mask(top: Tensor, left: Tensor, s: int, h: int, w: int) -> Tensor:
-    """Boolean masks ``(m, 1, h, w)`` of the ``s × s`` windows at ``(top, left)`` per example."""
-    rows = torch.arange(h, device=top.device)
-    cols = torch.arange(w, device=top.device)
-    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + s)
-    in_cols = (cols[None, :] >= left[:, None]) & (cols[None, :] < left[:, None] + s)
-    return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+class _Tables:
+    """Per-active-set constants of a Square search: window rows/columns and the Linf corners.
+
+    ``window_mask(s, top, left)`` is the boolean ``(m, 1, h, w)`` mask of each example's
+    ``s × s`` window, built from two small lookup tables (cached per side ``s``). For Linf,
+    ``low``/``high`` are ``x ∓ eps`` clipped to the box: the two values a window pixel can take.
+    """
+
+    def __init__(self, x: Tensor, eps: float, low: float, high: float, linf: bool) -> None:
+        self.h, self.w = x.shape[2], x.shape[3]
+        self.device = x.device
+        self._lines: dict[int, tuple[Tensor, Tensor]] = {}
+        if linf:
+            self.low = (x - eps).clamp_(low, high)
+            self.high = (x + eps).clamp_(low, high)
+
+    def _line_tables(self, s: int) -> tuple[Tensor, Tensor]:
+        if s not in self._lines:
+
+            def lines(n: int) -> Tensor:
+                start = torch.arange(n - s + 1, device=self.device)[:, None]
+                pos = torch.arange(n, device=self.device)[None, :]
+                return (pos >= start) & (pos < start + s)
+
+            self._lines[s] = (lines(self.h), lines(self.w))
+        return self._lines[s]
+
+    def window_mask(self, s: int, top: Tensor, left: Tensor) -> Tensor:
+        rows, cols = self._line_tables(s)
+        return (rows[top][:, :, None] & cols[left][:, None, :]).unsqueeze(1)
 
 
 def _window_index(top: Tensor, left: Tensor, s: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -166,8 +189,8 @@ class Square(Attack):
         logits = model(x)
         if self.loss == "margin":
             loss = -cw_margin(logits, y)  # z_y - max_{j≠y} z_j
-        else:
-            loss = -F.cross_entropy(logits.float(), y, reduction="none")
+            return loss, loss < 0  # some other logit is strictly larger
+        loss = -F.cross_entropy(logits.float(), y, reduction="none")
         return loss, logits.argmax(dim=1) != y
 
     def _signs(self, shape: Sequence[int], like: Tensor) -> Tensor:
@@ -179,6 +202,23 @@ class Square(Attack):
         """``m`` random window offsets in ``[0, span]``."""
         gen = self.generator(device)
         return torch.randint(0, span + 1, (m,), generator=gen, device=device)
+
+    def _nonzero_pattern(self, m: int, c: int, device: torch.device) -> Tensor:
+        """``(m, c, 1, 1)`` boolean patterns, uniform over the non-zero ones (``c <= 20``).
+
+        XOR-ing a sign vector with such a pattern gives a uniform draw among the other sign
+        vectors, and a window that was unchanged under the old signs changes under the new ones
+        (each channel's window held the old value everywhere). Above 20 channels a plain uniform
+        pattern is drawn (all-zero with probability below 1e-6; the caller redraws).
+        """
+        gen = self.generator(device)
+        if c > 20:
+            return torch.empty((m, c, 1, 1), dtype=torch.bool, device=device).bernoulli_(
+                0.5, generator=gen
+            )
+        code = torch.randint(1, 2**c, (m, 1), generator=gen, device=device)
+        bits = (code >> torch.arange(c, device=device)) & 1
+        return bits.bool().view(m, c, 1, 1)
 
     def _init_linf(self, x: Tensor) -> Tensor:
         n, c, _, w = x.shape
@@ -198,27 +238,34 @@ class Square(Attack):
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return (x + delta / norm * self.eps).clamp(low, high)
 
-    def _step_linf(self, x: Tensor, x_best: Tensor, p: float) -> Tensor:
-        """Candidate: one random window per example set to ``±eps`` per channel."""
+    def _step_linf(self, x: Tensor, x_best: Tensor, p: float, tables: _Tables) -> Tensor:
+        """Candidate: one random window per example set to ``±eps`` per channel.
+
+        ``tables`` holds the clipped corners ``x - eps`` and ``x + eps`` of the box (computed once
+        per active set) and the window-row tables, so a step is a handful of batched ops.
+        """
         m, c, h, w = x.shape
-        low, high = self.bounds
         s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w))
-        top, left = self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
-        mask = _window_mask(top, left, s, h, w)
-        delta = x_best - x
-        signs = self._signs((m, c, 1, 1), x)
-        cand = (x + torch.where(mask, self.eps * signs, delta)).clamp(low, high)
-        # Redraw the signs where the window would not change (free: no query is spent).
+        mask = tables.window_mask(
+            s, self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
+        )
+        gen = self.generator(x.device)
+        up = torch.empty((m, c, 1, 1), dtype=torch.bool, device=x.device).bernoulli_(
+            0.5, generator=gen
+        )
+        cand = torch.where(mask, torch.where(up, tables.high, tables.low), x_best)
+        # Where the window would not change, flip the signs by a uniformly drawn non-zero
+        # pattern (a uniform redraw among the other sign vectors; free: no query is spent).
         for _ in range(_MAX_RESAMPLES):
-            same = (cand - x_best).flatten(1).abs().amax(dim=1) < 1e-7
+            same = ~cand.ne(x_best).flatten(1).any(dim=1)
             if not bool(same.any()):
                 break
-            signs = torch.where(same.view(-1, 1, 1, 1), self._signs((m, c, 1, 1), x), signs)
-            redrawn = (x + torch.where(mask, self.eps * signs, delta)).clamp(low, high)
-            cand = torch.where(same.view(-1, 1, 1, 1), redrawn, cand)
+            flip = self._nonzero_pattern(m, c, x.device) & same.view(-1, 1, 1, 1)
+            up = up ^ flip
+            cand = torch.where(mask, torch.where(up, tables.high, tables.low), x_best)
         return cand
 
-    def _step_l2(self, x: Tensor, x_best: Tensor, p: float) -> Tensor:
+    def _step_l2(self, x: Tensor, x_best: Tensor, p: float, tables: _Tables) -> Tensor:
         """Candidate: a new centred-difference block in window 1, mass taken from window 2."""
         m, c, h, w = x.shape
         low, high = self.bounds
@@ -228,8 +275,8 @@ class Square(Attack):
         s = min(s, min(h, w))
         top1, left1 = self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
         top2, left2 = self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
-        mask1 = _window_mask(top1, left1, s, h, w)
-        mask2 = _window_mask(top2, left2, s, h, w)
+        mask1 = tables.window_mask(s, top1, left1)
+        mask2 = tables.window_mask(s, top2, left2)
         delta = x_best - x
         norm_img = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         norm_win1 = (delta * mask1).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
@@ -250,23 +297,36 @@ class Square(Attack):
 
     # -- the search -----------------------------------------------------------------------------
     def _run(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One restart on ``(x, y)``; returns ``(x_best, loss_best, fooled)``."""
+        """One restart on ``(x, y)``; returns ``(x_best, loss_best, fooled)``.
+
+        The search works on a compacted copy of the still-robust examples and writes it back
+        only when one of them is fooled, so a step costs no gathers or scatters.
+        """
         init = self._init_linf if self.norm == "linf" else self._init_l2
         step = self._step_linf if self.norm == "linf" else self._step_l2
+        low, high = self.bounds
         x_best = init(x)
         loss_best, fooled = self._score(model, x_best, y)
-        for i in range(self.n_queries - 1):
+        i, last = 0, self.n_queries - 1
+        while i < last:
             active = (~fooled).nonzero().squeeze(1)
             if active.numel() == 0:
                 break
-            xa, ya = x[active], y[active]
-            cand = step(xa, x_best[active], p_schedule(self.p_init, i, self.n_queries))
-            loss, cand_fooled = self._score(model, cand, ya)
-            accept = (loss < loss_best[active]) | cand_fooled
-            idx = active[accept]
-            x_best[idx] = cand[accept]
-            loss_best[idx] = loss[accept]
-            fooled[idx] = cand_fooled[accept]
+            xa, ya, xb, lb = x[active], y[active], x_best[active], loss_best[active]
+            tables = _Tables(xa, self.eps, low, high, linf=self.norm == "linf")
+            fooled_a = torch.zeros_like(ya, dtype=torch.bool)
+            while i < last:
+                cand = step(xa, xb, p_schedule(self.p_init, i, self.n_queries), tables)
+                i += 1
+                loss, fooled_a = self._score(model, cand, ya)
+                accept = (loss < lb) | fooled_a
+                xb = torch.where(accept.view(-1, 1, 1, 1), cand, xb)
+                lb = torch.where(accept, loss, lb)
+                if bool(fooled_a.any()):
+                    break
+            x_best[active] = xb
+            loss_best[active] = lb
+            fooled[active] = fooled_a
         return x_best, loss_best, fooled
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
