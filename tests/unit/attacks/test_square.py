@@ -243,3 +243,33 @@ def test_name_and_repr() -> None:
     attack = Square(eps=0.1, n_queries=100)
     assert attack.name == "square"
     assert "n_queries=100" in repr(attack) and "p_init=0.8" in repr(attack)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_linf_step_always_changes_the_candidate(channels: int) -> None:
+    """A query is never spent on an unchanged image: where the drawn signs would leave the
+    window as it is, they are flipped by a uniform non-zero pattern, in one round."""
+    from advtrain.attacks.square import _Tables
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, channels, 6, 6, generator=gen)
+    x[:, :, :3] = 0.0  # at the lower bound: x - eps clips to x there
+    attack = Square(eps=0.1, seed=0)
+    tables = _Tables(x, 0.1, 0.0, 1.0, linf=True)
+    x_best = tables.low.clone()  # every window uniform at -eps: half the draws would repeat it
+    seen_patterns = set()
+    for p in (0.8, 0.3, 0.05):
+        for _ in range(20):
+            cand = attack._step_linf(x, x_best, p, tables)
+            changed = cand.ne(x_best).flatten(1).any(dim=1)
+            assert bool(changed.all())
+            on_corner = (cand == tables.low) | (cand == tables.high)
+            assert bool(on_corner.all())
+            window = cand.ne(x_best).any(dim=1)  # (m, h, w): the changed pixels
+            for i in range(4):
+                seen_patterns.add(
+                    tuple(cand[i, :, window[i]].eq(tables.high[i, :, window[i]]).all(1).tolist())
+                )
+    # Every non-zero sign pattern occurs (3 channels: 7 of them), and only those.
+    assert len(seen_patterns) == 2**channels - 1
+    assert (False,) * channels not in seen_patterns
