@@ -66,10 +66,12 @@ def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:
     # Wong et al.'s check: PGD-5 on one minibatch, at the threat model
     check = guards[0].attack
     assert isinstance(check, PGD) and check.steps == 5 and check.eps == 0.15
-    assert guards[0].n_examples == 128 and guards[0].drop_threshold == 0.2
+    assert guards[0].drop_threshold == 0.2
+    assert guards[0].n_examples == cfg.data.module.batch_size == 64, "one training minibatch"
     # a recipe with its own optimizer keeps it
     recipe = compose(overrides=["recipe=fast_at_cifar10"], output_dir="x")
     assert (recipe.module.optimizer, recipe.module.lr) == ("sgd", 0.2)
+    assert recipe.callbacks.guard.n_examples == 128, "CIFAR-10's minibatch, as in the paper"
     assert cfg.attack._target_ == "advtrain.attacks.PGD", "the attack group stays the threat model"
     assert cfg.method.name == "fast_at"
 

@@ -397,6 +397,15 @@ class CatastrophicOverfittingGuard(pl.Callback):
         )
 
     # -- checkpointing --------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        """The checkpoint key: the class name, plus the log prefix when it is not the default,
+        so several guards (e.g. one per attack, each with its own ``log_prefix``) can share a
+        Trainer and each resume its own state."""
+        if self.log_prefix == "guard/":
+            return type(self).__qualname__
+        return self._generate_state_key(log_prefix=self.log_prefix)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "history": [dict(h) for h in self.history],

@@ -25,7 +25,8 @@ class AdversarialClassifier(pl.LightningModule):
     """A classifier ``nn.Module`` with a cross-entropy training step and accuracy metrics.
 
     Logs ``train/loss``, ``train/acc`` (on the inputs the step sees: adversarial ones under
-    :class:`~advtrain.callbacks.AdversarialTraining`), ``val/loss`` and ``val/acc`` (clean).
+    :class:`~advtrain.callbacks.AdversarialTraining`; once per epoch, over the batches trained
+    since the epoch started or the run resumed), ``val/loss`` and ``val/acc`` (clean).
 
     Args:
         model: Any classifier returning logits ``(batch, num_classes)``.
@@ -75,6 +76,7 @@ class AdversarialClassifier(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.milestones = tuple(float(m) for m in milestones)
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)
+        self.train_loss = torchmetrics.MeanMetric()
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -84,10 +86,20 @@ class AdversarialClassifier(pl.LightningModule):
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc(logits.detach(), y)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        # Epoch-level metrics accumulate here and are logged once per epoch: a ``self.log`` call
+        # costs Lightning about 0.5 ms, 15% of a training step on small models.
+        self.train_acc.update(logits.detach(), y)
+        self.train_loss.update(loss.detach(), weight=y.shape[0])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # ``compute`` synchronises the metrics across processes. Nothing is logged when the
+        # module's own training step did not run (a callback's loss wrapper replaced it).
+        if self.train_acc.update_count:
+            self.log("train/loss", self.train_loss.compute())
+            self.log("train/acc", self.train_acc.compute(), prog_bar=True)
+        self.train_loss.reset()
+        self.train_acc.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch[0], batch[1]
