@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,25 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path) -> 
     assert resumed["clean_accuracy"] == full["clean_accuracy"]
     assert resumed["robust_accuracy"] == full["robust_accuracy"]
     assert resumed["checkpoint"]["sha256"] == full["checkpoint"]["sha256"]
+
+
+def test_a_failed_download_inside_fit_reports_only_the_data_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare_data`` (where a data module downloads) runs inside ``Trainer.fit``; its
+    DatasetNotFoundError reaches the user with its message and without Lightning's frames."""
+    from advtrain.data import DigitsDataModule
+    from advtrain.data.vision import DatasetNotFoundError
+
+    def no_network(self: DigitsDataModule) -> None:
+        raise DatasetNotFoundError("digits is missing and could not be downloaded: /x/y")
+
+    monkeypatch.setattr(DigitsDataModule, "prepare_data", no_network)
+    with pytest.raises(DatasetNotFoundError, match="could not be downloaded: /x/y") as info:
+        run(compose(overrides=FAST, output_dir=str(tmp_path)))
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    frames = [f.filename for f in traceback.extract_tb(info.value.__traceback__)]
+    assert not any("pytorch_lightning" in name for name in frames), frames
 
 
 def test_console_script_runs_from_any_folder(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
 from advtrain.cli.config import coerce_fractions, register_resolvers
 from advtrain.cli.evaluation import evaluate_checkpoint
 from advtrain.cli.schemas import check_config, diagnose_overrides, register_schemas
+from advtrain.data.vision import DatasetNotFoundError
 from advtrain.report import summary_table
 
 
@@ -131,7 +132,12 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
         print(f"advtrain-train: resuming from {resume_from}", file=sys.stderr)
         ckpt_path = str(resume_from)
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except DatasetNotFoundError as err:
+        # The download (``prepare_data``) runs inside fit: report the data problem, which names
+        # every missing file, without the Lightning internals it travelled through.
+        raise DatasetNotFoundError(str(err)) from None
     timings["train"] = time.perf_counter() - start
     timings["fit"] = time.perf_counter() - fit_start
     timings["train_steps"] = step_timer.seconds
