@@ -17,7 +17,8 @@ Over seeds 0-3 (30-36 epochs, one thread) the PGD accuracy on training examples 
 0.4-0.5 to about 0 with FGSM accuracy above 0.8 for seeds 0 and 2 (for good in seed 0, with
 recoveries in seed 2); seed 1 learned late and seed 3 never learned PGD robustness. FGSM with
 the random start and step 1.25·eps (Fast-AT) at the same learning rate did not collapse. The
-test pins seed 0 and one torch thread.
+test pins seed 0 and one torch thread; with two threads (other rounding) seed 0 collapses too
+(peak 0.43, then 0.00-0.03 at epochs 26-30), a little later and more gradually.
 """
 
 from __future__ import annotations
@@ -159,7 +160,9 @@ def test_the_guard_stops_the_collapse_and_hands_back_robust_weights() -> None:
     good = [h for h in history if not h["triggered"]]
     assert max(h["pgd_acc"] for h in good) >= 0.3, history
     assert history[-1]["pgd_acc"] <= 0.15, history
-    # The restored weights are the last good check's: measuring again gives its accuracy.
+    # The restored weights are the last good check's (measuring again gives its accuracy), and
+    # clearly more robust than the collapsed ones it threw away.
     assert tr.lightning_module is not None
-    assert guard.measure(tr, tr.lightning_module) == pytest.approx(good[-1]["pgd_acc"])
-    assert good[-1]["pgd_acc"] >= 0.3
+    restored = guard.measure(tr, tr.lightning_module)
+    assert restored == pytest.approx(good[-1]["pgd_acc"])
+    assert restored >= 0.2 and restored >= history[-1]["pgd_acc"] + 0.1, history
