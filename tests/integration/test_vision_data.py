@@ -508,6 +508,51 @@ def test_train_cli_runs_on_mnist_files(
     assert 0.0 <= saved["clean_accuracy"] <= 1.0
 
 
+@pytest.mark.ddp
+def test_train_cli_runs_on_mnist_files_under_two_process_ddp(
+    mnist: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The vision modules under real DDP (gloo): each rank loads the files, trains on its own
+    half of every epoch, and rank zero writes the report."""
+    root, _ = mnist
+    exe = Path(sys.executable).with_name("advtrain-train")
+    overrides = [
+        o for o in _vision_cli_overrides() if "fast_dev_run" not in o and o != "trainer=cpu"
+    ]
+    proc = subprocess.run(
+        [
+            str(exe),
+            "recipe=madry_mnist",
+            *overrides,
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "++trainer.limit_train_batches=2",
+            "++trainer.limit_val_batches=1",
+            "model.width=4",
+            "model.hidden=16",
+            "attack.steps=1",
+            "callbacks.robust_evaluation.n_examples=8",
+            "callbacks.robust_evaluation.every_n_epochs=1",
+            "evaluation.attacks.pgd-20.steps=1",
+            "evaluation.attacks.autoattack.version=fast",
+            "evaluation.eps_factors=[0.0,1.0]",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        env={**os.environ, "ADVTRAIN_DATA": str(root), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["data"]["name"] == "mnist"
+    assert "MEMBER: 2/2" in proc.stderr, "Lightning started a second process"
+    assert "distributed_backend=gloo" in proc.stderr
+    assert 0.0 <= report["clean_accuracy"] <= 1.0
+
+
 def test_train_cli_without_the_files_prints_where_to_put_them(tv: Any, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("advtrain-train")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
