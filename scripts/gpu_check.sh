@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# The prepared check for a lent GPU machine (about 5-8 minutes on one H100): CUDA + bf16 autocast
-# correctness of the attacks, PGD-AT throughput (callback vs hand-written loop, fp32 and bf16)
-# and randomized-smoothing certify throughput. Paste its Markdown output into BENCHMARKS.md.
-# Usage on the device: bash scripts/gpu_check.sh  (the repo's package must be importable).
+# The prepared check for a lent GPU machine (about 4-6 minutes on one H100/H200):
+#  1-4. scripts/gpu_check.py: PGD-AT on digits in 32-true / bf16-mixed / 16-mixed judged by
+#       AutoAttack, attacks under bf16/fp16 autocast vs fp32 and CPU vs CUDA, the float16
+#       underflow control, PGD-AT throughput callback vs hand-written, smoothing certify rate;
+#  5.   the CLI end to end on the GPU: advtrain-train trainer=gpu trainer.precision=16-mixed
+#       (skipped where Hydra is not importable).
+# Paste its Markdown output into BENCHMARKS.md.
+# Usage on the device: bash scripts/gpu_check.sh [gpu_check.py args]; the repo's package must be
+# importable (PYTHONPATH=src is set here) and its dependencies installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
+OUTDIR="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --device cuda "$@" | tee "${OUT:-/tmp}/gpu_check.md"
+PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --device cuda "$@" | tee "$OUTDIR/gpu_check.md"
+
+if python3 -c "import hydra, omegaconf" 2>/dev/null; then
+    echo
+    echo "### 5. advtrain-train on the GPU (trainer=gpu trainer.precision=16-mixed)"
+    echo
+    start=$(date +%s)
+    PYTHONUNBUFFERED=1 python3 -m advtrain.cli.train trainer=gpu trainer.precision=16-mixed \
+        trainer.enable_progress_bar=false hydra.run.dir=/tmp/advtrain_gpu_cli 2>&1 |
+        grep -v -i "warn" | tail -n 12 | tee -a "$OUTDIR/gpu_check.md"
+    cp /tmp/advtrain_gpu_cli/report.md "$OUTDIR/cli_report.md" || true
+    echo "($(( $(date +%s) - start )) s)" | tee -a "$OUTDIR/gpu_check.md"
+fi

@@ -33,7 +33,12 @@ def test_gpu_check_runs_on_cpu() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "## GPU check on CPU" in out
-    attack_rows = [line for line in out.splitlines() if line.startswith(("| pgd-10", "| apgd-ce"))]
-    assert len(attack_rows) == 2 and all(row.endswith("| ok |") for row in attack_rows), out
-    assert "PGD-AT small_cnn fp32" in out and "PGD-AT small_cnn bf16" in out
+    assert "Traceback" not in out, out  # every section ran to its end
+    lines = out.splitlines()
+    for precision in ("32-true", "bf16-mixed", "16-mixed"):
+        assert any(line.startswith(f"| {precision} |") for line in lines), out
+        assert f"PGD-AT small_cnn {precision}" in out
+    attack_rows = [line for line in lines if line.startswith(("| PGD-50", "| APGD-CE", "| AutoA"))]
+    assert len(attack_rows) == 3 and all(row.endswith("| yes |") for row in attack_rows), out
+    assert "float16 underflow case" in out
     assert "smoothing certify" in out

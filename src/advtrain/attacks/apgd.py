@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, BNMode, check_positive_int
 from advtrain.attacks.objectives import get_objective, targeted_dlr
+from advtrain.attacks.precision import loss_scaled_logits
 from advtrain.threat import ThreatModel
 
 #: Per-example loss to maximise, called as ``loss(logits, y, target)`` (``target`` may be None).
@@ -233,6 +234,7 @@ class APGD(Attack):
             hi = (x + eps).clamp_max(high)
 
         ones: Tensor | None = None  # d(sum of the losses)/d(loss), made on the first pass
+        per_example = self.bn_mode == "eval"  # examples independent: one loss scale each
 
         def forward(x_in: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
             nonlocal ones
@@ -241,11 +243,12 @@ class APGD(Attack):
                     logits = model(x_in)
                     return loss_fn(logits, y, target), logits.argmax(1) != y, None
             x_in.requires_grad_(True)
-            logits = model(x_in)
+            logits, unscale = loss_scaled_logits(model(x_in), per_example=per_example)
             loss = loss_fn(logits, y, target)
             if ones is None:
                 ones = torch.ones_like(loss)
             (g,) = torch.autograd.grad(loss, x_in, grad_outputs=ones)
+            g = unscale(g)
             x_in.requires_grad_(False)
             return loss.detach(), logits.argmax(1) != y, g
 

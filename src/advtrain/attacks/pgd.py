@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, BNMode, check_positive_int
 from advtrain.attacks.objectives import get_objective, misclassified
+from advtrain.attacks.precision import loss_scaled_logits
 
 
 class PGD(Attack):
@@ -101,8 +102,10 @@ class PGD(Attack):
             logits = model(x_adv)
             if first and step == 0:
                 self.check_logits(logits, y)
+            logits, unscale = loss_scaled_logits(logits, per_example=self.bn_mode == "eval")
             loss = self.objective(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            grad = unscale(grad)
             with torch.no_grad():
                 x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
         return x_adv.detach()

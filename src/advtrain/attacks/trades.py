@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, BNMode, check_positive_int
+from advtrain.attacks.precision import loss_scaled_logits
 
 #: The paper's CIFAR-10 step-to-radius ratio, 0.007 / 0.031 (eps / 4.43).
 LINF_ALPHA_RATIO = 0.007 / 0.031
@@ -107,8 +108,12 @@ class TRADESAttack(Attack):
             x_adv = threat.project(x + self.init_std * noise, x)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
-            kl = kl_to_clean(clean_logits, model(x_adv))
+            adv_logits, unscale = loss_scaled_logits(
+                model(x_adv), per_example=self.bn_mode == "eval"
+            )
+            kl = kl_to_clean(clean_logits, adv_logits)
             (grad,) = torch.autograd.grad(kl.sum(), x_adv)
+            grad = unscale(grad)
             with torch.no_grad():
                 if self.norm == "l2":
                     # A zero gradient (e.g. at x' = x exactly) gets a random direction instead.
