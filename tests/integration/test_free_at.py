@@ -109,6 +109,39 @@ def test_a_smaller_last_batch_uses_the_leading_rows_of_delta() -> None:
     assert float(after.abs().max()) <= EPS + 1e-7
 
 
+class CorruptGradient(pl.Callback):
+    """Placed before the Free-AT callback: on the last step, makes the input gradient of
+    example 0 infinite and of example 1 NaN (what a float16 overflow step leaves behind)."""
+
+    def __init__(self, free: FreeAdversarialTraining) -> None:
+        self.free = free
+        self.before: Tensor | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step != 4:  # the last of 4 replays (counted after its step)
+            return
+        x_adv = self.free._x_adv
+        assert x_adv is not None and x_adv.grad is not None and self.free.delta is not None
+        self.before = self.free.delta.clone()
+        x_adv.grad[0] = float("inf")
+        x_adv.grad[1, 0, 0, 0] = float("nan")
+
+
+def test_examples_with_non_finite_input_gradients_keep_their_perturbation() -> None:
+    pl.seed_everything(0, verbose=False)
+    free = FreeAdversarialTraining(eps=EPS, replays=4)
+    corrupt = CorruptGradient(free)
+    trainer([corrupt, free], max_epochs=1, limit_train_batches=1).fit(
+        PlainClassifier(), datamodule=digits()
+    )
+    before, after = corrupt.before, free.delta
+    assert before is not None and after is not None
+    assert bool(torch.isfinite(after).all())
+    assert torch.equal(after[:2], before[:2])  # the two corrupted examples did not move
+    assert not torch.equal(after[2:], before[2:])  # the others took their step
+    assert float(after.abs().max()) <= EPS + 1e-7
+
+
 def test_dict_batches() -> None:
     pl.seed_everything(0, verbose=False)
     dm = DictDigits(batch_size=64)

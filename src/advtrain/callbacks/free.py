@@ -283,15 +283,21 @@ class FreeAdversarialTraining(pl.Callback):
             )
         with torch.no_grad():
             n = grad.shape[0]
-            g = torch.nan_to_num(grad.float(), nan=0.0)
-            delta = self._delta[:n] + self.step_size * self.threat.ascent_direction(g)
+            g = grad.float()
+            # An example whose input gradient is not finite keeps its perturbation: under
+            # float16 (a GradScaler's overflow step, which also skips the optimizer step) or a
+            # diverging loss, the gradient says nothing about where the loss rises.
+            finite = torch.isfinite(g.flatten(1)).all(dim=1).view(-1, *([1] * (g.dim() - 1)))
+            g = torch.where(finite, g, 0.0)
+            previous = self._delta[:n]
+            delta = previous + self.step_size * self.threat.ascent_direction(g)
             if self.threat.norm == "linf":
                 delta = delta.clamp(-self.eps, self.eps)
             else:
                 norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
                 factor = (self.eps / norms).clamp(max=1.0)
                 delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
-            self._delta[:n] = delta
+            self._delta[:n] = torch.where(finite, delta, previous)
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
