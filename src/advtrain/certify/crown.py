@@ -62,6 +62,7 @@ from advtrain.certify._ops import (
     box_to_interval,
 )
 from advtrain.certify._patches import patch_bounds, patch_chain
+from advtrain.certify._precision import without_autocast
 from advtrain.certify._spec import InputSet, check_arguments, margin_spec
 from advtrain.certify.ibp import _propagate, fold_target, ibp_pass, prepare, spec_interval
 
@@ -264,6 +265,7 @@ def intermediate_bounds(
     return bounds
 
 
+@without_autocast
 def compute_crown(
     model: nn.Module,
     inputs: InputSet,
@@ -309,6 +311,7 @@ def _final(
     return lower, upper
 
 
+@without_autocast
 def compute_crown_ibp(
     model: nn.Module, inputs: InputSet, labels: Tensor, batch_stats: bool = False
 ) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ from advtrain.certify._ops import (
     conv_padding,
     interval_to_box,
 )
+from advtrain.certify._precision import without_autocast
 from advtrain.certify._spec import InputSet, check_arguments, check_output, margin_spec
 
 #: The L2 ball seen through an elementwise-affine prefix of the network: ``c + s ⊙ δ``,
@@ -237,6 +238,7 @@ def prepare(
     return graph, k
 
 
+@without_autocast
 def compute_ibp(
     model: nn.Module,
     inputs: InputSet,
