@@ -235,6 +235,16 @@ def methods(epochs: int) -> dict[str, tuple[int, Variant, Variant]]:
             (Classifier, lambda: [FreeAdversarialTraining(eps=EPS, replays=FREE_REPLAYS)]),
             (HandFree, list),
         ),
+        "free_at_in_step": (
+            free_epochs,
+            (
+                Classifier,
+                lambda: [
+                    FreeAdversarialTraining(eps=EPS, replays=FREE_REPLAYS, replay_in_step=True)
+                ],
+            ),
+            (HandFree, list),
+        ),
     }
 
 

@@ -1,5 +1,6 @@
 """Real 2-process DDP (gloo on CPU) through the command line's ``run``: PGD-AT (attack mode),
-TRADES (loss mode), Fast-AT (with the guard) and Free-AT (replayed loader).
+TRADES (loss mode), Fast-AT (with the guard) and Free-AT (replays inside the Lightning step, the
+CLI's default, and ``free_at_loader``: one Lightning step per replay from the replayed loader).
 
 The file is also the script the test launches (``python test_callback_ddp.py OUT METHOD...``);
 Lightning re-runs it for rank 1. Each rank writes what it saw to ``OUT/METHOD/rank<r>.json``.
@@ -21,13 +22,17 @@ import torch
 
 from advtrain.callbacks.batch import split_batch
 
-METHODS = ("pgd_at", "trades", "fast_at", "free_at")
+METHODS = ("pgd_at", "trades", "fast_at", "free_at", "free_at_loader")
 COMPARED = ("pgd_at", "trades")  # also run in one process, for the metrics comparison
 
 
 def overrides(method: str, processes: int) -> list[str]:
     """The same total batch (64) and number of optimizer steps for 1 and 2 processes."""
+    variant = []
+    if method == "free_at_loader":
+        method, variant = "free_at", ["method.callback.replay_in_step=false"]
     common = [
+        *variant,
         f"method={method}",
         "trainer.max_epochs=4",
         "trainer.enable_progress_bar=false",
@@ -156,7 +161,11 @@ def test_ddp_completes_with_per_rank_data_and_random_starts(ddp_runs: Path, meth
     assert (ddp_runs / method / "summary.json").exists(), "rank zero wrote the report"
     assert r0["first_batch"] != r1["first_batch"], "each rank trains on its own shard"
     assert r0["global_step"] == r1["global_step"] > 0
-    if method == "free_at":  # 4 epochs / 4 replays; 629 digits per rank in batches of 32
+    # Free-AT: 4 epochs / 4 replays = 1 epoch; 629 digits per rank in batches of 32
+    if method == "free_at":  # 20 Lightning steps, each running the 4 replays
+        assert r0["num_training_batches"] == 20 and r0["global_step"] == 20
+        return
+    if method == "free_at_loader":  # every replay is a Lightning step
         assert r0["num_training_batches"] == 4 * 20 and r0["global_step"] == 4 * 20
         return
     assert r0["first_seed"] != r1["first_seed"]

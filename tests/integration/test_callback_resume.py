@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -108,13 +109,18 @@ def test_adversarial_training_resumes_exactly(tmp_path: Path) -> None:
     assert resumed_guard.history == full_guard.history
 
 
-def test_free_adversarial_training_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_step", [False, True], ids=["step_per_replay", "replay_in_step"])
+def test_free_adversarial_training_resumes_exactly(tmp_path: Path, in_step: bool) -> None:
     kw = {"max_epochs": 3, "limit_train_batches": 2}
-    full_free = FreeAdversarialTraining(eps=EPS, replays=3)
+
+    def free() -> FreeAdversarialTraining:
+        return FreeAdversarialTraining(eps=EPS, replays=3, replay_in_step=in_step)
+
+    full_free = free()
     full, _ = run(tmp_path, "full", [full_free], seed=0, **kw)
-    run(tmp_path, "part", [FreeAdversarialTraining(eps=EPS, replays=3), StopAfter(1)], seed=0, **kw)
+    run(tmp_path, "part", [free(), StopAfter(1)], seed=0, **kw)
     last = tmp_path / "part" / "ckpt" / "last.ckpt"
-    resumed_free = FreeAdversarialTraining(eps=EPS, replays=3)
+    resumed_free = free()
     resumed, _ = run(tmp_path, "resumed", [resumed_free], seed=1, ckpt=last, **kw)
     assert_same_weights(full, resumed)
     assert torch.equal(full_free.delta, resumed_free.delta)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from .test_callback_helpers import (
     EPS,
     DictClassifier,
     DictDigits,
+    ManualClassifier,
     PlainClassifier,
     digits,
     one_thread,  # noqa: F401  (autouse fixture)
@@ -188,4 +189,40 @@ def test_only_one_adversarial_training_callback() -> None:
     with pytest.raises(MisconfigurationException, match="already wrapped"):
         trainer(callbacks, max_epochs=1, limit_train_batches=1).fit(
             PlainClassifier(), datamodule=digits()
+        )
+
+
+def test_replay_in_step_trains_exactly_as_the_step_per_replay_mode() -> None:
+    """The same optimizer steps and delta updates, m per Lightning step instead of one."""
+    results = {}
+    for in_step in (False, True):
+        pl.seed_everything(0, verbose=False)
+        free = FreeAdversarialTraining(eps=EPS, replays=4, replay_in_step=in_step)
+        module = PlainClassifier(record=100)
+        tr = trainer([free], max_epochs=2, limit_train_batches=3)
+        tr.fit(module, datamodule=digits())
+        results[in_step] = (tr.global_step, module, free.delta)
+        assert "optimizer_step" not in vars(module) and "training_step" not in vars(module)
+    (steps_out, out, delta_out), (steps_in, inside, delta_in) = results[False], results[True]
+    assert steps_out == 2 * 3 * 4 and steps_in == 2 * 3  # global_step counts minibatches
+    assert len(inside.seen) == len(out.seen) == 24  # every replay ran the user's step
+    for a, b in zip(out.seen, inside.seen, strict=True):
+        assert torch.equal(a, b)  # the same x + delta at every replay
+    assert delta_in is not None and delta_out is not None and torch.equal(delta_in, delta_out)
+    for p_out, p_in in zip(out.parameters(), inside.parameters(), strict=True):
+        assert torch.equal(p_out, p_in)
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "match"),
+    [
+        (ManualClassifier, {}, "manual optimization"),
+        (PlainClassifier, {"accumulate_grad_batches": 2}, "accumulate_grad_batches=2"),
+    ],
+)
+def test_replay_in_step_rejects_what_it_cannot_do(make, kwargs, match) -> None:
+    free = FreeAdversarialTraining(eps=EPS, replays=2, replay_in_step=True)
+    with pytest.raises(MisconfigurationException, match=match):
+        trainer([free], max_epochs=1, limit_train_batches=2, **kwargs).fit(
+            make(), datamodule=digits()
         )

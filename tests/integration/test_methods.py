@@ -81,6 +81,7 @@ def test_free_at_divides_the_epochs_of_the_recipe() -> None:
     (cb,) = build_callbacks(cfg)[:1]
     assert isinstance(cb, FreeAdversarialTraining)
     assert (cb.eps, cb.norm, cb.replays, cb.divide_max_epochs) == (0.15, "linf", 4, True)
+    assert cb.replay_in_step
     pgd_at = composed("pgd_at")
     assert cfg.trainer.max_epochs == pgd_at.trainer.max_epochs  # divided at fit time
     assert (cfg.module.lr_schedule, cfg.module.lr) == ("cyclic", pytest.approx(5e-3))
@@ -117,7 +118,8 @@ def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
     epochs = {int(r["epoch"]) for r in rows if r.get("epoch")}
     if method == "free_at":
         assert epochs == {0}, "4 epochs / 4 replays = 1 epoch"
-        assert max(steps) == 3 * 4 - 1, "every batch replayed 4 times"
+        # the 4 replays of each of the 3 batches run inside one Lightning step
+        assert max(steps) == 3 - 1, "global_step counts minibatches (replay_in_step)"
     else:
         assert epochs == {0, 1, 2, 3}
     if method in ("trades", "mart"):

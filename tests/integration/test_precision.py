@@ -160,13 +160,15 @@ def test_float16_mixed_trades_and_free_at() -> None:
     assert tr.global_step == 3
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
-    free = FreeAdversarialTraining(eps=EPS, replays=2)
-    module = PlainClassifier()
-    trainer([free], max_epochs=1, limit_train_batches=3, plugins=[float16_plugin()]).fit(
-        module, datamodule=digits()
-    )
-    delta = free.delta
-    # the (loss-scaled) input gradient reached the float32 inputs, finite, and moved delta to eps
-    assert delta is not None and delta.dtype == torch.float32
-    assert bool(torch.isfinite(delta).all())
-    assert float(delta.abs().max()) == pytest.approx(EPS)
+    for in_step in (False, True):
+        free = FreeAdversarialTraining(eps=EPS, replays=2, replay_in_step=in_step)
+        module = PlainClassifier()
+        tr = trainer([free], max_epochs=1, limit_train_batches=3, plugins=[float16_plugin()])
+        tr.fit(module, datamodule=digits())
+        assert tr.global_step == (3 if in_step else 6)
+        delta = free.delta
+        # the (loss-scaled) input gradient reached the float32 inputs, finite; delta moved to eps
+        assert delta is not None and delta.dtype == torch.float32
+        assert bool(torch.isfinite(delta).all())
+        assert float(delta.abs().max()) == pytest.approx(EPS)
+        assert all(torch.isfinite(p).all() for p in module.parameters())

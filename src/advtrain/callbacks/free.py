@@ -18,6 +18,15 @@ Lightning mechanics (automatic optimization, unmodified LightningModule):
   replaced by ``x + delta`` (clipped to the input box), a fresh leaf tensor that requires grad;
 * after the step's backward pass, ``on_train_batch_end`` reads that tensor's ``.grad`` and
   updates ``delta``.
+
+With ``replay_in_step=True`` the ``m`` replays run inside one Lightning step instead: the module's
+``optimizer_step`` hook is wrapped to run Lightning's own optimizer step (closure: training step,
+backward, precision plugin, optimizer) ``m`` times, and ``delta`` is updated in
+``on_after_backward``. Lightning's loop then runs once per minibatch rather than once per replay,
+which is what a hand-written Free-AT ``training_step`` with manual optimization costs; the price is
+that ``trainer.global_step``, step-interval learning-rate schedulers, ``max_steps`` and on-step logs
+count minibatches (each of which takes ``m`` optimizer steps), and that gradient accumulation is not
+supported (Lightning calls ``optimizer_step`` only at accumulation boundaries).
 """
 
 from __future__ import annotations
@@ -112,6 +121,10 @@ class FreeAdversarialTraining(pl.Callback):
         divide_max_epochs: Divide the Trainer's ``max_epochs`` by ``replays`` (rounded up) at the
             start of ``fit``, so a configuration written for natural or PGD training keeps its
             budget of gradient steps. Off by default: pass ``max_epochs = budget / m`` yourself.
+        replay_in_step: Run the ``m`` replays of a minibatch inside one Lightning step (see the
+            module docstring): the same optimizer steps and perturbation updates, without
+            Lightning's per-step loop ``m`` times per minibatch; ``global_step`` then counts
+            minibatches. Needs automatic optimization and ``accumulate_grad_batches=1``.
 
     Raises:
         MisconfigurationException: On a bad argument, another callback already wrapping the
@@ -128,6 +141,7 @@ class FreeAdversarialTraining(pl.Callback):
         input_key: Key = 0,
         target_key: Key = 1,
         divide_max_epochs: bool = False,
+        replay_in_step: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -145,6 +159,8 @@ class FreeAdversarialTraining(pl.Callback):
         self.input_key = input_key
         self.target_key = target_key
         self.divide_max_epochs = bool(divide_max_epochs)
+        self.replay_in_step = bool(replay_in_step)
+        self._original_optimizer_step: Any = None
         self._delta: Tensor | None = None
         self._x_adv: Tensor | None = None
         self._original_step: Any = None
@@ -188,20 +204,50 @@ class FreeAdversarialTraining(pl.Callback):
                 "FreeAdversarialTraining could not find the Trainer's training data source; "
                 "this version of Lightning is not supported"
             )
-        replays = self.replays
-        original_dataloader = source.dataloader
+        if self.replay_in_step:
+            self._check_in_step(trainer, pl_module)
+        else:
+            replays = self.replays
+            original_dataloader = source.dataloader
 
-        def dataloader() -> Any:
-            return ReplayLoader.wrap(original_dataloader(), replays)
+            def dataloader() -> Any:
+                return ReplayLoader.wrap(original_dataloader(), replays)
 
-        source.dataloader = dataloader
-        self._source = source
+            source.dataloader = dataloader
+            self._source = source
 
         self._original_step = wrap_training_step(pl_module, self._training_step)
         self._module = pl_module
+        if self.replay_in_step:
+            original = pl_module.optimizer_step
+            self._original_optimizer_step = original
+            replays = self.replays
+
+            def optimizer_step(*args: Any, **kwargs: Any) -> Any:
+                # Lightning's closure runs training_step and backward; each call is one replay.
+                out = None
+                for _ in range(replays):
+                    out = original(*args, **kwargs)
+                return out
+
+            pl_module.optimizer_step = optimizer_step  # type: ignore[method-assign]
 
         if self.divide_max_epochs:
             self._divide_max_epochs(trainer)
+
+    @staticmethod
+    def _check_in_step(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                "FreeAdversarialTraining(replay_in_step=True) replays inside Lightning's automatic "
+                "optimizer step; this module uses manual optimization: use replay_in_step=False"
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise MisconfigurationException(
+                "FreeAdversarialTraining(replay_in_step=True) cannot be combined with "
+                f"accumulate_grad_batches={trainer.accumulate_grad_batches} (Lightning steps the "
+                "optimizer only at accumulation boundaries): use replay_in_step=False"
+            )
 
     def _divide_max_epochs(self, trainer: pl.Trainer) -> None:
         current = trainer.fit_loop.max_epochs
@@ -222,6 +268,9 @@ class FreeAdversarialTraining(pl.Callback):
             return
         if self._original_step is not None:
             unwrap_training_step(pl_module)
+        if self._original_optimizer_step is not None and "optimizer_step" in vars(pl_module):
+            del pl_module.optimizer_step
+        self._original_optimizer_step = None
         if self._source is not None and "dataloader" in vars(self._source):
             del self._source.dataloader
         self._original_step = None
@@ -269,12 +318,22 @@ class FreeAdversarialTraining(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if not self.replay_in_step:
+            self._update_delta(skipped=outputs is None)
+        self._x_adv = None
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.replay_in_step:  # one backward per replay, inside the Lightning step
+            self._update_delta(skipped=False)
+
+    def _update_delta(self, skipped: bool) -> None:
+        """``delta`` takes one step along the input gradient of the replay just run."""
         x_adv, self._x_adv = self._x_adv, None
         if x_adv is None or self._delta is None:
             return
         grad = x_adv.grad
         if grad is None:
-            if outputs is None:
+            if skipped:
                 return  # the step was skipped (training_step returned None)
             raise MisconfigurationException(
                 "FreeAdversarialTraining found no gradient on the inputs after the backward "
