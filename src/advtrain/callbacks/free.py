@@ -303,7 +303,9 @@ class FreeAdversarialTraining(pl.Callback):
             self._checked_inputs = True
         with torch.no_grad():
             delta = self._current_delta(x)
-            x_adv = self.threat.project(x.detach() + delta.to(x.dtype), x.detach())
+            # delta is kept inside the ball by its update, so only the box remains to enforce
+            low, high = self.threat.bounds
+            x_adv = (x.detach() + delta.to(x.dtype)).clamp_(low, high)
         x_adv = x_adv.detach().requires_grad_(True)
         self._x_adv = x_adv
         return self._original_step(
@@ -343,20 +345,21 @@ class FreeAdversarialTraining(pl.Callback):
         with torch.no_grad():
             n = grad.shape[0]
             g = grad.float()
-            # An example whose input gradient is not finite keeps its perturbation: under
-            # float16 (a GradScaler's overflow step, which also skips the optimizer step) or a
-            # diverging loss, the gradient says nothing about where the loss rises.
+            # An example whose input gradient is not finite keeps its perturbation (its step is
+            # zeroed; delta is already inside the ball, so the projection leaves it as it is):
+            # under float16 (a GradScaler's overflow step, which also skips the optimizer step)
+            # or a diverging loss, the gradient says nothing about where the loss rises.
             finite = torch.isfinite(g.flatten(1)).all(dim=1).view(-1, *([1] * (g.dim() - 1)))
-            g = torch.where(finite, g, 0.0)
-            previous = self._delta[:n]
-            delta = previous + self.step_size * self.threat.ascent_direction(g)
-            if self.threat.norm == "linf":
-                delta = delta.clamp(-self.eps, self.eps)
-            else:
-                norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-                factor = (self.eps / norms).clamp(max=1.0)
-                delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
-            self._delta[:n] = torch.where(finite, delta, previous)
+            step = torch.where(finite, self.threat.ascent_direction(g), 0.0)
+            self._delta[:n] = self._into_ball(self._delta[:n] + self.step_size * step)
+
+    def _into_ball(self, delta: Tensor) -> Tensor:
+        """``delta`` clipped to the cube (linf) or scaled into the ball (l2) of radius eps."""
+        if self.threat.norm == "linf":
+            return delta.clamp(-self.eps, self.eps)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        factor = (self.eps / norms).clamp(max=1.0)
+        return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -364,7 +367,8 @@ class FreeAdversarialTraining(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         delta = state_dict.get("delta")
-        self._delta = None if delta is None else delta.clone()
+        # into this callback's ball: the training inputs x + delta are only clipped to the box
+        self._delta = None if delta is None else self._into_ball(delta.float())
 
 
 __all__ = ["FreeAdversarialTraining", "ReplayLoader"]
