@@ -105,6 +105,17 @@ def test_ddp_with_one_device_says_what_to_use(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("factor", ["0", "-0.5", "1.5"])
+def test_epochs_factor_outside_zero_one_is_refused(factor: str, tmp_path: Path) -> None:
+    cfg = compose(
+        overrides=["method=fast_at", f"method.max_epochs_factor={factor}"],
+        output_dir=str(tmp_path),
+    )
+    with pytest.raises(ConfigError, match=r"method\.max_epochs_factor must be in \(0, 1\]"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     ("trainer", "ok"),
     [

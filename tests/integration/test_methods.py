@@ -4,6 +4,7 @@ real Hydra config, and each run for a few epochs on digits through ``advtrain.cl
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from advtrain.callbacks import (
     FreeAdversarialTraining,
 )
 from advtrain.cli.config import compose
-from advtrain.cli.train import build_callbacks, run
+from advtrain.cli.train import build_callbacks, run, scale_max_epochs
 from advtrain.losses import MARTLoss, TRADESLoss
 
 from .conftest import FAST
@@ -58,7 +59,11 @@ def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:
     at = callbacks[0]
     assert isinstance(at, AdversarialTraining)
     assert isinstance(at.attack, FGSM) and at.attack.random_start
-    assert at.attack.eps == 0.15 and at.attack.alpha == pytest.approx(1.25 * 0.15)
+    # FGSM trains at eps_train_factor times the threat model's radius, alpha 1.25 times that
+    factor = cfg.method.eps_train_factor
+    assert factor == pytest.approx(1.2)
+    assert at.attack.eps == pytest.approx(0.15 * factor)
+    assert at.attack.alpha == pytest.approx(1.25 * 0.15 * factor)
     assert at.schedules == {}, "Fast-AT trains at the full eps from the start"
     assert cfg.module.lr_schedule == "cyclic" and cfg.module.lr == pytest.approx(5e-3)
     guards = [cb for cb in callbacks if isinstance(cb, CatastrophicOverfittingGuard)]
@@ -72,8 +77,40 @@ def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:
     recipe = compose(overrides=["recipe=fast_at_cifar10"], output_dir="x")
     assert (recipe.module.optimizer, recipe.module.lr) == ("sgd", 0.2)
     assert recipe.callbacks.guard.n_examples == 128, "CIFAR-10's minibatch, as in the paper"
+    (paper,) = build_callbacks(recipe)[:1]
+    assert paper.attack.eps == pytest.approx(8 / 255), "the paper trains at the test radius"
+    assert paper.attack.alpha == pytest.approx(10 / 255)
+    assert cfg.callbacks.robust_evaluation.attack.eps == 0.15, "validation at the threat model"
     assert cfg.attack._target_ == "advtrain.attacks.PGD", "the attack group stays the threat model"
     assert cfg.method.name == "fast_at"
+
+
+def test_fast_at_trains_a_fraction_of_the_recipes_epochs(capsys: pytest.CaptureFixture) -> None:
+    cfg = composed("fast_at")
+    factor = cfg.method.max_epochs_factor
+    assert 0 < factor < 1, "Fast-AT trains fewer epochs than the recipe's budget"
+    budget = cfg.trainer.max_epochs
+    assert budget == composed("pgd_at").trainer.max_epochs == 30
+    scale_max_epochs(cfg)
+    assert cfg.trainer.max_epochs == math.ceil(budget * factor) < budget
+    message = capsys.readouterr().err
+    assert f"trains {cfg.trainer.max_epochs} of trainer.max_epochs {budget}" in message
+    # every other method trains the whole budget; a recipe with the paper's epochs keeps them
+    for method in ("pgd_at", "trades", "free_at", "standard"):
+        other = composed(method)
+        scale_max_epochs(other)
+        assert other.trainer.max_epochs == budget
+    recipe = compose(overrides=["recipe=fast_at_cifar10"], output_dir="x")
+    scale_max_epochs(recipe)
+    assert recipe.trainer.max_epochs == 15, "Wong et al.'s 15 epochs"
+    # rounded up, never below one epoch; an unset or infinite budget is left alone
+    for epochs, expected in ((1, 1), (4, math.ceil(4 * factor)), (-1, -1)):
+        small = composed("fast_at", f"trainer.max_epochs={epochs}")
+        scale_max_epochs(small)
+        assert small.trainer.max_epochs == expected
+    whole = composed("fast_at", "method.max_epochs_factor=1.0")
+    scale_max_epochs(whole)
+    assert whole.trainer.max_epochs == budget
 
 
 def test_free_at_divides_the_epochs_of_the_recipe() -> None:
@@ -93,10 +130,11 @@ def test_free_at_divides_the_epochs_of_the_recipe() -> None:
 
 @pytest.mark.parametrize("method", ["trades", "mart", "fast_at", "free_at"])
 def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
+    budget = 6 if method == "fast_at" else 4  # Fast-AT trains a fraction of it: 4 epochs
     overrides = [
         *FAST,
         f"method={method}",
-        "trainer.max_epochs=4",
+        f"trainer.max_epochs={budget}",
         "trainer.log_every_n_steps=1",
         "++trainer.limit_train_batches=3",
         "evaluation.eps_factors=[0.0,1.0]",
@@ -120,6 +158,11 @@ def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
         assert epochs == {0}, "4 epochs / 4 replays = 1 epoch"
         # the 4 replays of each of the 3 batches run inside one Lightning step
         assert max(steps) == 3 - 1, "global_step counts minibatches (replay_in_step)"
+    elif method == "fast_at":  # a fraction of the epochs asked for (method.max_epochs_factor)
+        trained = math.ceil(budget * cfg.method.max_epochs_factor)
+        assert trained < budget and epochs == set(range(trained))
+        resolved = OmegaConf.load(tmp_path / "config_resolved.yaml")  # hashed into the report
+        assert resolved.trainer.max_epochs == trained, "the recorded config says so"
     else:
         assert epochs == {0, 1, 2, 3}
     if method in ("trades", "mart"):
@@ -127,7 +170,7 @@ def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
         assert any(r.get("adv/eps") for r in rows), "the eps schedule drives the inner attack"
     if method == "fast_at":
         accs = [float(r["guard/pgd_acc"]) for r in rows if r.get("guard/pgd_acc")]
-        assert len(accs) == 4 and all(0.0 <= a <= 1.0 for a in accs)
+        assert len(accs) == len(epochs) and all(0.0 <= a <= 1.0 for a in accs)
         lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
         assert not lrs or max(lrs) <= cfg.module.lr  # cyclic, peaking at lr
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

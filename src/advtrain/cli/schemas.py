@@ -150,6 +150,10 @@ class FastATMethod:
     """``method=fast_at``: FGSM-RS training (Wong, Rice & Kolter, ICLR 2020)."""
 
     name: str = "fast_at"
+    # FGSM trains at eps_train_factor·attack.eps.
+    eps_train_factor: float = 1.0
+    # The fraction of the recipe's ``trainer.max_epochs`` this method trains (rounded up).
+    max_epochs_factor: float = 1.0
     callback: Any = None
 
 
@@ -487,6 +491,13 @@ def check_config(cfg: DictConfig) -> None:
     """
     check_schema_keys(cfg)
     check_targets(cfg)
+    method = cfg.get("method")
+    factor = method.get("max_epochs_factor") if isinstance(method, DictConfig) else None
+    if factor is not None and not 0 < float(factor) <= 1:
+        raise ConfigError(
+            f"method.max_epochs_factor must be in (0, 1] (the fraction of trainer.max_epochs the "
+            f"method trains), got {factor}"
+        )
     trainer = cfg.get("trainer")
     if isinstance(trainer, DictConfig):
         check_trainer({k: trainer.get(k) for k in ("strategy", "devices", "num_nodes")})

@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
@@ -88,6 +89,33 @@ def _requeue_on_signal(cfg: DictConfig, output_dir: Path) -> RequeueOnSignal | N
     )
 
 
+def scale_max_epochs(cfg: DictConfig) -> None:
+    """Applies ``method.max_epochs_factor`` to ``trainer.max_epochs``, in place.
+
+    A method that reaches its robustness in fewer epochs than the recipe's budget (Fast-AT:
+    Wong et al. 2020 train 15 epochs where PGD-AT takes far more) trains that fraction of
+    ``trainer.max_epochs``, rounded up, so ``trainer.max_epochs`` keeps meaning the recipe's budget
+    for every method. The config is changed before anything is built, so the report records the
+    epochs actually trained. An unset or infinite ``max_epochs`` is left as it is.
+    """
+    method = cfg.get("method")
+    factor = method.get("max_epochs_factor") if isinstance(method, DictConfig) else None
+    trainer = cfg.get("trainer")
+    if factor is None or float(factor) == 1.0 or not isinstance(trainer, DictConfig):
+        return
+    epochs = trainer.get("max_epochs")
+    if epochs is None or int(epochs) < 1:
+        return
+    scaled = max(1, math.ceil(int(epochs) * float(factor) - 1e-9))
+    with open_dict(trainer):
+        trainer.max_epochs = scaled
+    print(
+        f"advtrain-train: method {method.get('name')!s} trains {scaled} of trainer.max_epochs "
+        f"{epochs} (method.max_epochs_factor={factor})",
+        file=sys.stderr,
+    )
+
+
 def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any] | None:
     """Trains and evaluates as configured; returns the report on rank zero (``None`` elsewhere).
 
@@ -102,6 +130,7 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
     register_resolvers()
     coerce_fractions(cfg)
     check_config(cfg)
+    scale_max_epochs(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -181,7 +210,7 @@ def main() -> None:
         raise
 
 
-__all__ = ["build_callbacks", "main", "run"]
+__all__ = ["build_callbacks", "main", "run", "scale_max_epochs"]
 
 if __name__ == "__main__":
     main()
