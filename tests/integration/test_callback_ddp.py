@@ -172,7 +172,7 @@ def test_ddp_completes_with_per_rank_data_and_random_starts(ddp_runs: Path, meth
     assert r0["first_random_draw"] != r1["first_random_draw"], "per-rank random starts"
     assert r0["first_x_adv"] != r1["first_x_adv"]
     if method == "fast_at":  # the guard decided the same on both ranks from reduced counts
-        assert len(r0["guard_history"]) == 4
+        assert len(r0["guard_history"]) == 3, "one check per epoch: Fast-AT trains 2/3 of 4"
         assert r0["guard_history"] == r1["guard_history"]
 
 
