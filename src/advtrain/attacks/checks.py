@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.base import BN_MODES, BNMode, model_state_guard
 from advtrain.attacks.objectives import cw_margin
+from advtrain.attacks.precision import loss_scaled_logits
 from advtrain.threat import check_input_batch, check_labels
 
 RANDOMIZED_MODEL = "randomized_model"
@@ -239,12 +240,17 @@ def check_gradients(
         x_in = x.detach().clone().requires_grad_(True)
         logits = model(x_in)
         margin = cw_margin(logits, y)
-        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        # Under float16 the cross-entropy gradient of a confident example underflows on its way
+        # into the network; per-example loss scaling (as in the attacks) keeps the reading what
+        # float32 would give, so saturation is not confused with float16 underflow.
+        ce_logits, unscale = loss_scaled_logits(logits, per_example=bn_mode == "eval")
+        ce = F.cross_entropy(ce_logits.float(), y, reduction="none")
         if logits.requires_grad:
             (g_margin,) = torch.autograd.grad(
                 margin.sum(), x_in, retain_graph=True, allow_unused=True
             )
             (g_ce,) = torch.autograd.grad(ce.sum(), x_in, allow_unused=True)
+            g_ce = None if g_ce is None else unscale(g_ce)
         else:  # the graph is cut (e.g. detach() or numpy inside the model)
             g_margin = g_ce = None
     n = x.shape[0]

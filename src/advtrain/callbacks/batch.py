@@ -18,7 +18,9 @@ def split_batch(batch: Any, input_key: Key, target_key: Key) -> tuple[Tensor, Te
         MisconfigurationException: If the batch has no tensor at one of the keys.
     """
     try:
-        if isinstance(batch, Mapping):
+        if type(batch) in (tuple, list) and type(input_key) is int and type(target_key) is int:
+            x, y = batch[input_key], batch[target_key]  # the common case, without ABC checks
+        elif isinstance(batch, Mapping):
             x, y = batch[input_key], batch[target_key]
         elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
             if not isinstance(input_key, int) or not isinstance(target_key, int):
@@ -48,6 +50,10 @@ def split_batch(batch: Any, input_key: Key, target_key: Key) -> tuple[Tensor, Te
 
 def replace_inputs(batch: Any, input_key: Key, new_x: Tensor) -> Any:
     """A shallow copy of ``batch`` with the inputs replaced; the original container is untouched."""
+    if type(batch) is tuple:  # the common case first (no ABC check)
+        items = list(batch)
+        items[input_key] = new_x  # type: ignore[index]
+        return tuple(items)
     if isinstance(batch, Mapping):
         out = dict(batch)
         out[input_key] = new_x

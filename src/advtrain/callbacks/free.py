@@ -301,12 +301,11 @@ class FreeAdversarialTraining(pl.Callback):
             except (TypeError, ValueError) as err:
                 raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
             self._checked_inputs = True
-        with torch.no_grad():
-            delta = self._current_delta(x)
-            # delta is kept inside the ball by its update, so only the box remains to enforce
-            low, high = self.threat.bounds
-            x_adv = (x.detach() + delta.to(x.dtype)).clamp_(low, high)
-        x_adv = x_adv.detach().requires_grad_(True)
+        # No autograd graph is built here (neither x.detach() nor delta requires grad). delta is
+        # kept inside the ball by its update, so only the box remains to enforce.
+        delta = self._current_delta(x)
+        low, high = self.threat.bounds
+        x_adv = (x.detach() + delta.to(x.dtype)).clamp_(low, high).requires_grad_(True)
         self._x_adv = x_adv
         return self._original_step(
             replace_inputs(batch, self.input_key, x_adv), batch_idx, *args, **kwargs
@@ -342,16 +341,21 @@ class FreeAdversarialTraining(pl.Callback):
                 "pass: training_step must compute its loss from the batch's inputs "
                 f"(at {self.input_key!r}) without detaching them or running under no_grad"
             )
-        with torch.no_grad():
-            n = grad.shape[0]
-            g = grad.float()
-            # An example whose input gradient is not finite keeps its perturbation (its step is
-            # zeroed; delta is already inside the ball, so the projection leaves it as it is):
-            # under float16 (a GradScaler's overflow step, which also skips the optimizer step)
-            # or a diverging loss, the gradient says nothing about where the loss rises.
-            finite = torch.isfinite(g.flatten(1)).all(dim=1).view(-1, *([1] * (g.dim() - 1)))
-            step = torch.where(finite, self.threat.ascent_direction(g), 0.0)
-            self._delta[:n] = self._into_ball(self._delta[:n] + self.step_size * step)
+        # Plain tensor arithmetic on tensors that do not require grad (no autograd graph).
+        n = grad.shape[0]
+        delta = self._delta[:n]
+        g = grad.detach() if grad.dtype == delta.dtype else grad.detach().to(delta.dtype)
+        moved = torch.add(delta, self.threat.ascent_direction(g), alpha=self.step_size)
+        if self.threat.norm == "linf":
+            moved = moved.clamp_(-self.eps, self.eps)
+        else:
+            moved = self._into_ball(moved)
+        # An example whose input gradient is not finite keeps its perturbation: under float16 (a
+        # GradScaler's overflow step, which also skips the optimizer step) or a diverging loss,
+        # the gradient says nothing about where the loss rises. One reduction per example finds
+        # them: a NaN or an inf anywhere makes the example's sum, times 0, NaN (not 0).
+        finite = g.flatten(1).sum(dim=1).mul_(0).eq(0).view(-1, *([1] * (g.dim() - 1)))
+        torch.where(finite, moved, delta, out=delta)
 
     def _into_ball(self, delta: Tensor) -> Tensor:
         """``delta`` clipped to the cube (linf) or scaled into the ball (l2) of radius eps."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks import APGD, PGD, TRADESAttack
 from advtrain.attacks import pgd as pgd_module
+from advtrain.attacks.checks import check_gradients
 from advtrain.attacks.precision import loss_scaled_logits
 from advtrain.models import SmallCNN
 
@@ -199,3 +200,22 @@ def test_half_model_with_half_inputs() -> None:
     assert x_adv.dtype == torch.float16
     assert bool(attack.threat.contains(x_adv.float(), xh.float(), atol=1e-3).all())
     assert accuracy(half, x_adv, y) < 0.3
+
+
+def test_gradient_sanity_check_under_float16_reads_as_float32() -> None:
+    """``check_gradients`` scales the cross-entropy gradient as the attacks do: under float16
+    autocast it reports the float32 fraction of vanishing gradients, not the ~40% that float16
+    underflow alone zeroes (which it would misread as a saturated softmax)."""
+    model, x, y = confident_model()
+    reading32 = check_gradients(model, x, y)
+    with torch.autocast("cpu", dtype=torch.float16):
+        reading16 = check_gradients(model, x, y)
+    frac32 = reading32.details["fraction_zero_cross_entropy_gradient"]
+    frac16 = reading16.details["fraction_zero_cross_entropy_gradient"]
+    assert frac32 < 0.05
+    assert frac16 <= frac32 + 0.02
+    assert not reading16.triggered
+    assert "saturated" not in reading16.message
+    # the control: the same model's raw float16 gradients do vanish for many examples
+    raw = input_gradient(model, x, y, scaled=False)
+    assert float((raw.flatten(1).abs().amax(1) == 0).float().mean()) > 0.2

@@ -1,0 +1,62 @@
+"""The confidence interval that ``scripts/bench_callback.py`` puts on its median time ratio.
+
+The interval ``[v_(k), v_(n-k+1)]`` of the sorted per-pair ratios covers the median with
+probability ``1 - 2 P(Binomial(n, 1/2) <= k - 1)`` whatever the distribution; ``k`` must be the
+largest rank that keeps this at 95% or more (a smaller one gives a needlessly wide interval, a
+larger one an over-confident verdict on the 1.05 target).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def median_interval():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        "bench_callback", ROOT / "scripts" / "bench_callback.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_callback"] = module
+    spec.loader.exec_module(module)
+    return module.median_interval
+
+
+def test_known_ranks(median_interval) -> None:  # type: ignore[no-untyped-def]
+    values = [float(i) for i in range(10)]  # n = 10: the textbook ranks are 2 and 9
+    assert median_interval(values) == (4.5, 1.0, 8.0)
+    assert median_interval([float(i) for i in range(20)])[1:] == (5.0, 14.0)  # ranks 6 and 15
+    assert median_interval([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)  # too few: the full range
+
+
+@pytest.mark.parametrize("n", [6, 7, 10, 17, 30, 40, 60, 101])
+def test_coverage_is_at_least_95_percent_and_the_rank_is_the_largest_that_keeps_it(
+    median_interval, n: int
+) -> None:  # type: ignore[no-untyped-def]
+    values = [float(i) for i in range(n)]
+    _, low, high = median_interval(values)
+    k = int(low) + 1  # the lower end's rank
+    assert high == values[n - k]
+    coverage = 1 - 2 * stats.binom.cdf(k - 1, n, 0.5)
+    assert coverage >= 0.95
+    assert 1 - 2 * stats.binom.cdf(k, n, 0.5) < 0.95  # one rank further in would not cover
+
+
+def test_empirical_coverage(median_interval) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(0)
+    covered = 0
+    trials = 2000
+    for _ in range(trials):  # skewed ratios around a true median of 1.0
+        values = [rng.lognormvariate(0.0, 0.1) for _ in range(30)]
+        _, low, high = median_interval(values)
+        covered += low <= 1.0 <= high
+    assert covered / trials >= 0.94  # nominal 95.7% for n = 30 (binomial sd ~0.5%)
