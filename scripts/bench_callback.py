@@ -115,8 +115,8 @@ def _uniform_start(x: Tensor, eps: float) -> Tensor:
 class HandPGD(Classifier):
     """Madry et al.: PGD-7, step 2.5·eps/7, uniform random start, model in eval mode."""
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = batch
+    def pgd(self, x: Tensor, y: Tensor) -> Tensor:
+        """PGD-7 on the cross-entropy in eval mode; returns the detached adversarial inputs."""
         alpha = 2.5 * EPS / PGD_STEPS
         self.eval()
         x_adv = _uniform_start(x, EPS)
@@ -126,7 +126,11 @@ class HandPGD(Classifier):
             x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - EPS), x + EPS)
             x_adv = x_adv.clamp(0, 1)
         self.train()
-        return F.cross_entropy(self(x_adv.detach()), y)
+        return x_adv.detach()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(self.pgd(x, y)), y)
 
 
 class HandTRADES(Classifier):
@@ -157,23 +161,15 @@ class HandTRADES(Classifier):
         return F.cross_entropy(logits, y) + TRADES_BETA * robust
 
 
-class HandMART(Classifier):
+class HandMART(HandPGD):
     """Wang et al.: PGD-7 on the cross-entropy (as HandPGD), then the boosted cross-entropy plus
     beta times the KL weighted by 1 - p_y(x), written as the paper's reference code does."""
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
-        alpha = 2.5 * EPS / PGD_STEPS
-        self.eval()
-        x_adv = _uniform_start(x, EPS)
-        for _ in range(PGD_STEPS):
-            x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(F.cross_entropy(self(x_adv), y), x_adv)
-            x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - EPS), x + EPS)
-            x_adv = x_adv.clamp(0, 1)
-        self.train()
+        x_adv = self.pgd(x, y)
         logits = self(x)
-        logits_adv = self(x_adv.detach())
+        logits_adv = self(x_adv)
         adv_probs = F.softmax(logits_adv, dim=1)
         top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
         new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
