@@ -19,8 +19,9 @@ distribution-free 95% confidence interval for that median (order statistics of t
 same for wall time, and the robust accuracy of every variant under PGD-50 with 5 restarts on the
 360 test digits (mean ± sd over the repeats; the foundation issue asks for the callback's PGD-AT
 to be within 3 points of the hand-written one). The verdict is "ok" when the whole interval is at
-or under 1.05, "at the mark" when only the median is, "over" otherwise. Many short runs
-(``--epochs 4 --repeats 40``) pin the median down better than a few long ones.
+or under 1.05, "at the mark" when only the median is, "over" otherwise ("few pairs" below 6
+pairs, where no 95% interval exists). Many short runs (``--epochs 4 --repeats 40``) pin the
+median down better than a few long ones.
 
 Usage::
 
@@ -430,7 +431,10 @@ def main() -> None:
 
     def interval(values: list[float]) -> tuple[str, str]:
         median, low, high = median_interval(values)
-        verdict = "ok" if high <= 1.05 else "at the mark" if median <= 1.05 else "over"
+        if len(values) < 6:  # no 95% interval exists: too few pairs for a verdict
+            verdict = "few pairs"
+        else:
+            verdict = "ok" if high <= 1.05 else "at the mark" if median <= 1.05 else "over"
         return f"{median:.3f} [{low:.3f}, {high:.3f}]", verdict
 
     print(
@@ -457,7 +461,8 @@ def main() -> None:
         "\nRatios are callback / hand per interleaved pair, of the training loop's process CPU "
         "time (time.process_time; waiting for a busy machine's cores does not inflate it) and of "
         "its wall time; the interval is a distribution-free 95% confidence interval for the "
-        "median (the full range below 6 pairs). Verdict: ok = the whole interval <= 1.05. "
+        "median (the full range below 6 pairs, with no verdict). Verdict: ok = the whole "
+        "interval <= 1.05. "
         "Times are medians in CPU seconds. Robust accuracy: PGD-50x5 on the 360 test digits."
     )
     if "pgd_at" in names and not args.skip_accuracy:
