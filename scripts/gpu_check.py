@@ -269,10 +269,19 @@ def _hand_pgd_step(
         x_adv.requires_grad_(True)
         with _autocast(device, precision):
             logits = model(x_adv)
-        loss = F.cross_entropy(logits.float(), y)
-        if scaler is not None:  # float16: scale so the input gradient does not underflow
-            loss = loss * 1024.0
-        (g,) = torch.autograd.grad(loss, x_adv)
+        if scaler is None:
+            (g,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), x_adv)
+        else:
+            # float16: the same per-example loss scaling as the library's attacks, by hand. The
+            # cross-entropy gradient at the logits, softmax - onehot, is computed in float32 and
+            # rescaled per example to a largest magnitude of 1 before it enters the float16
+            # network (a fixed scale such as 1024 leaves confident examples at exactly zero).
+            g_logits = torch.softmax(logits.detach().float(), dim=1)
+            g_logits[torch.arange(y.shape[0], device=device), y] -= 1.0
+            factor = g_logits.abs().amax(dim=1, keepdim=True).clamp_min(1e-30).reciprocal()
+            upstream = (g_logits * factor).to(logits.dtype)
+            (g,) = torch.autograd.grad(logits, x_adv, grad_outputs=upstream)
+            g = g / factor.view(-1, *([1] * (g.dim() - 1)))
         x_adv = torch.min(torch.max(x_adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(
             0, 1
         )
