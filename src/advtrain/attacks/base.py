@@ -68,39 +68,30 @@ def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Mo
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got {bn_mode!r}")
-    modules = list(model.modules())
-    modes = [m.training for m in modules]
-    # model.parameters() without a second traversal of the module tree (shared ones once)
-    params = list(
-        {id(p): p for m in modules for p in m._parameters.values() if p is not None}.values()
-    )
+    modes = [(m, m.training) for m in model.modules()]
+    params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     bn_buffers: list[tuple[Tensor, Tensor]] = []
     if bn_mode != "eval":
-        for m in modules:
+        for m in model.modules():
             if isinstance(m, _BatchNorm):
                 for buf in m.buffers(recurse=False):
                     bn_buffers.append((buf, buf.detach().clone()))
     try:
-        for p, req in zip(params, requires, strict=True):
-            if req:
-                p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(False)
         if bn_mode == "eval":
             model.eval()
         elif bn_mode == "train_frozen":
             model.train()
         yield model
     finally:
-        # only what changed is written back (attribute writes on a Module are not free)
-        for m, training in zip(modules, modes, strict=True):
-            if m.training is not training:
-                m.training = training
+        for m, training in modes:
+            m.training = training
         for p, req, g in zip(params, requires, grads, strict=True):
-            if p.requires_grad is not req:
-                p.requires_grad_(req)
-            if p.grad is not g:
-                p.grad = g
+            p.requires_grad_(req)
+            p.grad = g
         with torch.no_grad():
             for buf, saved in bn_buffers:
                 buf.copy_(saved)

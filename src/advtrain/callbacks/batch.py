@@ -18,16 +18,18 @@ def split_batch(batch: Any, input_key: Key, target_key: Key) -> tuple[Tensor, Te
         MisconfigurationException: If the batch has no tensor at one of the keys.
     """
     try:
-        if type(batch) in (tuple, list) and type(input_key) is int and type(target_key) is int:
-            x, y = batch[input_key], batch[target_key]  # the common case, without ABC checks
-        elif isinstance(batch, Mapping):
-            x, y = batch[input_key], batch[target_key]
-        elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+        # tuples and lists (the common case) first: their check is cheaper than the ABCs'
+        is_sequence = isinstance(batch, (tuple, list)) or (
+            not isinstance(batch, Mapping)
+            and isinstance(batch, Sequence)
+            and not isinstance(batch, (str, bytes))
+        )
+        if is_sequence:
             if not isinstance(input_key, int) or not isinstance(target_key, int):
                 raise KeyError(input_key)
-            x, y = batch[input_key], batch[target_key]
-        else:
+        elif not isinstance(batch, Mapping):
             raise KeyError(input_key)
+        x, y = batch[input_key], batch[target_key]
     except (KeyError, IndexError, TypeError):
         layout = (
             f"dict with keys {sorted(map(str, batch))}"
@@ -50,11 +52,8 @@ def split_batch(batch: Any, input_key: Key, target_key: Key) -> tuple[Tensor, Te
 
 def replace_inputs(batch: Any, input_key: Key, new_x: Tensor) -> Any:
     """A shallow copy of ``batch`` with the inputs replaced; the original container is untouched."""
-    if type(batch) is tuple:  # the common case first (no ABC check)
-        items = list(batch)
-        items[input_key] = new_x  # type: ignore[index]
-        return tuple(items)
-    if isinstance(batch, Mapping):
+    # tuples and lists (the common case) skip the Mapping ABC check
+    if not isinstance(batch, (tuple, list)) and isinstance(batch, Mapping):
         out = dict(batch)
         out[input_key] = new_x
         return type(batch)(out) if type(batch) is not dict else out  # type: ignore[call-arg]

@@ -344,12 +344,10 @@ class FreeAdversarialTraining(pl.Callback):
         # Plain tensor arithmetic on tensors that do not require grad (no autograd graph).
         n = grad.shape[0]
         delta = self._delta[:n]
-        g = grad.detach() if grad.dtype == delta.dtype else grad.detach().to(delta.dtype)
-        moved = torch.add(delta, self.threat.ascent_direction(g), alpha=self.step_size)
-        if self.threat.norm == "linf":
-            moved = moved.clamp_(-self.eps, self.eps)
-        else:
-            moved = self._into_ball(moved)
+        g = grad.detach().to(delta.dtype)
+        moved = self._into_ball(
+            torch.add(delta, self.threat.ascent_direction(g), alpha=self.step_size)
+        )
         # An example whose input gradient is not finite keeps its perturbation: under float16 (a
         # GradScaler's overflow step, which also skips the optimizer step) or a diverging loss,
         # the gradient says nothing about where the loss rises. One reduction per example finds

@@ -483,6 +483,24 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         )
 
 
+def max_epochs_factor(cfg: DictConfig) -> float | None:
+    """``method.max_epochs_factor``, checked; ``None`` where the method has none.
+
+    Raises:
+        ConfigError: If the factor is outside ``(0, 1]``.
+    """
+    method = cfg.get("method")
+    factor = method.get("max_epochs_factor") if isinstance(method, DictConfig) else None
+    if factor is None:
+        return None
+    if not 0 < float(factor) <= 1:
+        raise ConfigError(
+            f"method.max_epochs_factor must be in (0, 1] (the fraction of trainer.max_epochs the "
+            f"method trains), got {factor}"
+        )
+    return float(factor)
+
+
 def check_config(cfg: DictConfig) -> None:
     """All checks :func:`advtrain.cli.train.run` makes before building anything.
 
@@ -491,13 +509,7 @@ def check_config(cfg: DictConfig) -> None:
     """
     check_schema_keys(cfg)
     check_targets(cfg)
-    method = cfg.get("method")
-    factor = method.get("max_epochs_factor") if isinstance(method, DictConfig) else None
-    if factor is not None and not 0 < float(factor) <= 1:
-        raise ConfigError(
-            f"method.max_epochs_factor must be in (0, 1] (the fraction of trainer.max_epochs the "
-            f"method trains), got {factor}"
-        )
+    max_epochs_factor(cfg)
     trainer = cfg.get("trainer")
     if isinstance(trainer, DictConfig):
         check_trainer({k: trainer.get(k) for k in ("strategy", "devices", "num_nodes")})
@@ -526,6 +538,7 @@ __all__ = [
     "check_trainer",
     "diagnose_overrides",
     "explain_composition_error",
+    "max_epochs_factor",
     "register_schemas",
     "schema_fields",
 ]

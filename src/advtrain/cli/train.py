@@ -27,7 +27,12 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
 from advtrain.cli.config import coerce_fractions, register_resolvers
 from advtrain.cli.evaluation import evaluate_checkpoint
-from advtrain.cli.schemas import check_config, diagnose_overrides, register_schemas
+from advtrain.cli.schemas import (
+    check_config,
+    diagnose_overrides,
+    max_epochs_factor,
+    register_schemas,
+)
 from advtrain.data.vision import DatasetNotFoundError
 from advtrain.report import summary_table
 
@@ -98,19 +103,18 @@ def scale_max_epochs(cfg: DictConfig) -> None:
     for every method. The config is changed before anything is built, so the report records the
     epochs actually trained. An unset or infinite ``max_epochs`` is left as it is.
     """
-    method = cfg.get("method")
-    factor = method.get("max_epochs_factor") if isinstance(method, DictConfig) else None
+    factor = max_epochs_factor(cfg)
     trainer = cfg.get("trainer")
-    if factor is None or float(factor) == 1.0 or not isinstance(trainer, DictConfig):
+    if factor is None or factor == 1.0 or not isinstance(trainer, DictConfig):
         return
     epochs = trainer.get("max_epochs")
     if epochs is None or int(epochs) < 1:
         return
-    scaled = max(1, math.ceil(int(epochs) * float(factor) - 1e-9))
+    scaled = max(1, math.ceil(int(epochs) * factor - 1e-9))
     with open_dict(trainer):
         trainer.max_epochs = scaled
     print(
-        f"advtrain-train: method {method.get('name')!s} trains {scaled} of trainer.max_epochs "
+        f"advtrain-train: method {cfg.method.get('name')!s} trains {scaled} of trainer.max_epochs "
         f"{epochs} (method.max_epochs_factor={factor})",
         file=sys.stderr,
     )
