@@ -61,7 +61,7 @@ def digest(t: torch.Tensor) -> str:
 
 class Recorder(pl.Callback):
     """Records, per rank: the first clean batch, the first attack's random stream and output,
-    the number of steps, and the guard's history."""
+    the number of steps, the final weights and the guard's history."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -102,6 +102,7 @@ class Recorder(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.info["global_step"] = trainer.global_step
         self.info["num_training_batches"] = trainer.num_training_batches
+        self.info["weights"] = digest(torch.cat([p.flatten() for p in pl_module.parameters()]))
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if hasattr(cb, "history"):
                 self.info["guard_history"] = cb.history
@@ -161,6 +162,8 @@ def test_ddp_completes_with_per_rank_data_and_random_starts(ddp_runs: Path, meth
     assert (ddp_runs / method / "summary.json").exists(), "rank zero wrote the report"
     assert r0["first_batch"] != r1["first_batch"], "each rank trains on its own shard"
     assert r0["global_step"] == r1["global_step"] > 0
+    # every optimizer step (each replay of Free-AT's) all-reduced the gradients
+    assert r0["weights"] == r1["weights"], "the replicas stayed identical"
     # Free-AT: 4 epochs / 4 replays = 1 epoch; 629 digits per rank in batches of 32
     if method == "free_at":  # 20 Lightning steps, each running the 4 replays
         assert r0["num_training_batches"] == 20 and r0["global_step"] == 20

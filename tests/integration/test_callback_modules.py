@@ -148,3 +148,29 @@ def test_loss_wrapper_with_a_module_that_does_not_return_logits() -> None:
         trainer([cb], max_epochs=1, limit_train_batches=1).fit(
             FeaturesModule(), datamodule=digits()
         )
+
+
+class StepWithoutBatchIdx(PlainClassifier):
+    """A ``training_step(batch)`` without ``batch_idx``, which Lightning allows."""
+
+    def training_step(self, batch: Any) -> Tensor:  # type: ignore[override]
+        self.seen.append(batch[0].detach().clone())
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "free_at"])
+def test_a_training_step_without_batch_idx(method: str) -> None:
+    from advtrain.callbacks import FreeAdversarialTraining
+
+    callback: pl.Callback = (
+        AdversarialTraining(PGD(eps=EPS, steps=2))
+        if method == "pgd_at"
+        else FreeAdversarialTraining(eps=EPS, replays=2)
+    )
+    dm = digits()
+    module = StepWithoutBatchIdx()
+    trainer([callback], max_epochs=1, limit_train_batches=2).fit(module, datamodule=dm)
+    x, _ = first_clean_batch(dm)
+    assert len(module.seen) == (2 if method == "pgd_at" else 4)
+    if method == "pgd_at":  # the step saw the attack's inputs, not the clean ones
+        assert not torch.equal(module.seen[0], x)

@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.profilers import SimpleProfiler
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
@@ -56,7 +57,7 @@ def clean_batches(dm: Any, n: int, epoch: int = 0) -> list[Tensor]:
 def test_replays_each_batch_and_carries_delta_with_the_paper_update() -> None:
     pl.seed_everything(0, verbose=False)
     dm = digits()
-    free = FreeAdversarialTraining(eps=EPS, replays=4)
+    free = FreeAdversarialTraining(eps=EPS, replays=4, replay_in_step=False)
     probe = Probe(free)
     module = PlainClassifier(record=100)
     tr = trainer([probe, free], max_epochs=1, limit_train_batches=3)
@@ -84,7 +85,7 @@ def test_free_at_at_the_cost_of_natural_training_gives_robustness() -> None:
     tr = trainer([FreeAdversarialTraining(eps=EPS, replays=4)], max_epochs=2)
     tr.fit(module, datamodule=digits())
     _, _, robust_std = trained("standard", 8)
-    assert tr.global_step == 8 * 20
+    assert tr.global_step == 2 * 20  # by default the replays run inside each Lightning step
     assert robust_accuracy(module) >= robust_std + 0.1
 
 
@@ -93,13 +94,13 @@ def test_divide_max_epochs_keeps_the_budget_of_steps() -> None:
     tr = trainer([free], max_epochs=6, limit_train_batches=2)
     tr.fit(PlainClassifier(), datamodule=digits())
     assert tr.max_epochs == 2  # ceil(6 / 4)
-    assert tr.global_step == 2 * 2 * 4
+    assert tr.global_step == 2 * 2  # minibatches: each took 4 optimizer steps
 
 
 def test_a_smaller_last_batch_uses_the_leading_rows_of_delta() -> None:
     pl.seed_everything(0, verbose=False)
     dm = digits(batch_size=500)  # 1257 training digits: batches of 500, 500, 257
-    free = FreeAdversarialTraining(eps=EPS, replays=2)
+    free = FreeAdversarialTraining(eps=EPS, replays=2, replay_in_step=False)
     probe = Probe(free)
     trainer([probe, free], max_epochs=1).fit(PlainClassifier(), datamodule=dm)
     assert [g.shape[0] for g in probe.grads] == [500, 500, 500, 500, 257, 257]
@@ -111,16 +112,18 @@ def test_a_smaller_last_batch_uses_the_leading_rows_of_delta() -> None:
 
 
 class CorruptGradient(pl.Callback):
-    """Placed before the Free-AT callback: on the last step, makes the input gradient of
-    example 0 infinite, one entry of example 1 NaN and one of example 2 -inf (what a float16
-    overflow step leaves behind)."""
+    """Placed before the Free-AT callback: after the last replay's backward pass, makes the input
+    gradient of example 0 infinite, one entry of example 1 NaN and one of example 2 -inf (what a
+    float16 overflow step leaves behind)."""
 
     def __init__(self, free: FreeAdversarialTraining) -> None:
         self.free = free
         self.before: Tensor | None = None
+        self.backward_passes = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step != 4:  # the last of 4 replays (counted after its step)
+    def on_after_backward(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.backward_passes += 1
+        if self.backward_passes != 4:  # the last of 4 replays
             return
         x_adv = self.free._x_adv
         assert x_adv is not None and x_adv.grad is not None and self.free.delta is not None
@@ -130,9 +133,10 @@ class CorruptGradient(pl.Callback):
         x_adv.grad[2, 0, 3, 5] = float("-inf")
 
 
-def test_examples_with_non_finite_input_gradients_keep_their_perturbation() -> None:
+@pytest.mark.parametrize("in_step", [False, True], ids=["step_per_replay", "replay_in_step"])
+def test_examples_with_non_finite_input_gradients_keep_their_perturbation(in_step: bool) -> None:
     pl.seed_everything(0, verbose=False)
-    free = FreeAdversarialTraining(eps=EPS, replays=4)
+    free = FreeAdversarialTraining(eps=EPS, replays=4, replay_in_step=in_step)
     corrupt = CorruptGradient(free)
     trainer([corrupt, free], max_epochs=1, limit_train_batches=1).fit(
         PlainClassifier(), datamodule=digits()
@@ -195,15 +199,21 @@ def test_only_one_adversarial_training_callback() -> None:
         )
 
 
-def test_replay_in_step_trains_exactly_as_the_step_per_replay_mode() -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "batches"),
+    [(64, 3), (500, 3)],  # 500: a smaller last batch (1257 digits = 500 + 500 + 257)
+)
+def test_replay_in_step_trains_exactly_as_the_step_per_replay_mode(
+    batch_size: int, batches: int
+) -> None:
     """The same optimizer steps and delta updates, m per Lightning step instead of one."""
     results = {}
     for in_step in (False, True):
         pl.seed_everything(0, verbose=False)
         free = FreeAdversarialTraining(eps=EPS, replays=4, replay_in_step=in_step)
         module = PlainClassifier(record=100)
-        tr = trainer([free], max_epochs=2, limit_train_batches=3)
-        tr.fit(module, datamodule=digits())
+        tr = trainer([free], max_epochs=2, limit_train_batches=batches)
+        tr.fit(module, datamodule=digits(batch_size=batch_size))
         results[in_step] = (tr.global_step, module, free.delta)
         assert "optimizer_step" not in vars(module) and "training_step" not in vars(module)
     (steps_out, out, delta_out), (steps_in, inside, delta_in) = results[False], results[True]
@@ -229,3 +239,121 @@ def test_replay_in_step_rejects_what_it_cannot_do(make, kwargs, match) -> None:
         trainer([free], max_epochs=1, limit_train_batches=2, **kwargs).fit(
             make(), datamodule=digits()
         )
+
+
+class HookCounter(pl.Callback):
+    """Counts the optimization hooks a replay must call, whichever closure runs it."""
+
+    HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = dict.fromkeys((*self.HOOKS, "on_before_optimizer_step"), 0)
+
+    def on_before_zero_grad(self, *args: Any) -> None:
+        self.counts["on_before_zero_grad"] += 1
+
+    def on_before_backward(self, *args: Any) -> None:
+        self.counts["on_before_backward"] += 1
+
+    def on_after_backward(self, *args: Any) -> None:
+        self.counts["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        self.counts["on_before_optimizer_step"] += 1
+
+
+class CountingClassifier(PlainClassifier):
+    """Overrides ``optimizer_zero_grad`` (counted), logs one per training step, and returns
+    ``None`` (a skipped step) from every ``skip_every``-th step."""
+
+    def __init__(self, skip_every: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.skip_every = skip_every
+        self.steps = 0
+        self.zero_grads = 0
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        self.zero_grads += 1
+        optimizer.zero_grad()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:  # type: ignore[override]
+        self.steps += 1
+        self.log("steps", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+        if self.skip_every and self.steps % self.skip_every == 0:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_replay_in_step_calls_every_hook_and_logs_at_every_replay() -> None:
+    """The replays before a minibatch's last (the replay closure) call the same hooks as
+    Lightning's closure: 3 replays x 2 minibatches x 2 epochs = 12 of each."""
+    pl.seed_everything(0, verbose=False)
+    counter = HookCounter()
+    module = CountingClassifier()
+    free = FreeAdversarialTraining(eps=EPS, replays=3, replay_in_step=True)
+    tr = trainer([free, counter], max_epochs=2, limit_train_batches=2)
+    tr.fit(module, datamodule=digits())
+    assert tr.global_step == 4
+    assert counter.counts == dict.fromkeys(counter.counts, 12)
+    assert module.zero_grads == 12
+    assert tr.callback_metrics["steps"].item() == 6  # the last epoch: 2 minibatches x 3 replays
+    assert torch.isfinite(tr.callback_metrics["train/loss"])
+
+
+def test_replay_in_step_skips_steps_that_return_none_like_lightning() -> None:
+    """A step returning None (every 5th: at every position among the replays) is skipped
+    exactly as Lightning skips it when every replay is its own step."""
+    results = {}
+    for in_step in (False, True):
+        pl.seed_everything(0, verbose=False)
+        module = CountingClassifier(skip_every=5)
+        free = FreeAdversarialTraining(eps=EPS, replays=3, replay_in_step=in_step)
+        tr = trainer([free], max_epochs=2, limit_train_batches=5)
+        tr.fit(module, datamodule=digits())
+        results[in_step] = (module, free.delta)
+    (out, delta_out), (inside, delta_in) = results[False], results[True]
+    assert out.steps == inside.steps == 2 * 5 * 3
+    assert delta_in is not None and delta_out is not None and torch.equal(delta_in, delta_out)
+    for p_out, p_in in zip(out.parameters(), inside.parameters(), strict=True):
+        assert torch.equal(p_out, p_in)
+
+
+def test_replay_in_step_under_a_profiler_profiles_every_replay() -> None:
+    """With a profiler, every replay takes Lightning's closure (the profile counts them all),
+    and training is the same as without one."""
+    weights = []
+    for profiler in (None, SimpleProfiler()):
+        pl.seed_everything(0, verbose=False)
+        module = PlainClassifier()
+        free = FreeAdversarialTraining(eps=EPS, replays=3, replay_in_step=True)
+        trainer([free], max_epochs=1, limit_train_batches=4, profiler=profiler).fit(
+            module, datamodule=digits()
+        )
+        weights.append([p.detach().clone() for p in module.parameters()])
+    assert isinstance(profiler, SimpleProfiler)
+    steps = [k for k in profiler.recorded_durations if k.endswith("Strategy.training_step")]
+    assert len(steps) == 1 and len(profiler.recorded_durations[steps[0]]) == 4 * 3
+    for a, b in zip(*weights, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "in_step"),
+    [
+        (PlainClassifier, {}, True),
+        (ManualClassifier, {}, False),
+        (PlainClassifier, {"accumulate_grad_batches": 2}, False),
+    ],
+    ids=["automatic", "manual", "accumulation"],
+)
+def test_by_default_the_replays_run_inside_the_step_where_they_can(
+    make: Any, kwargs: dict[str, Any], in_step: bool
+) -> None:
+    free = FreeAdversarialTraining(eps=EPS, replays=2)
+    module = make(record=10)
+    tr = trainer([free], max_epochs=1, limit_train_batches=2, **kwargs)
+    tr.fit(module, datamodule=digits())
+    assert tr.num_training_batches == (2 if in_step else 2 * 2)  # replayed by the loader
+    assert len(module.seen) == 4, "every replay ran the user's step"
+    assert free.delta is not None and float(free.delta.abs().max()) == pytest.approx(EPS)
+    assert free.replay_in_step is None  # the setting stays "choose", for the next fit

@@ -60,3 +60,14 @@ def test_empirical_coverage(median_interval) -> None:  # type: ignore[no-untyped
         _, low, high = median_interval(values)
         covered += low <= 1.0 <= high
     assert covered / trials >= 0.94  # nominal 95.7% for n = 30 (binomial sd ~0.5%)
+
+
+def test_step_quantile(median_interval) -> None:  # type: ignore[no-untyped-def]
+    """The per-step estimate is the low quantile of the steps' times."""
+    step_quantile = sys.modules["bench_callback"].step_quantile
+    steps = [float(v) for v in range(100, 0, -1)]  # 1..100, unsorted
+    assert step_quantile(steps) == 11.0  # ten steps are faster
+    assert step_quantile(steps, q=0.0) == 1.0
+    assert step_quantile([5.0]) == 5.0
+    # a burst that slows most steps does not move it while over a tenth stay undisturbed
+    assert step_quantile([1.0] * 20 + [9.0] * 80) == 1.0

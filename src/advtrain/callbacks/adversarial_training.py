@@ -176,8 +176,7 @@ class AdversarialTraining(pl.Callback):
         self._module: pl.LightningModule | None = None
         self._checked_output = False
         self._seed_value = 0
-        self._epoch_logs: dict[str, Any] = {}
-        self._epoch_batches = 0
+        self._epoch_logs: dict[str, list[Any]] = {}  # the loss wrapper's logs of this epoch
 
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -255,9 +254,9 @@ class AdversarialTraining(pl.Callback):
             for name, value in (logs or {}).items():
                 if name in values:  # a scheduled value, already logged per step above
                     continue
-                value = torch.as_tensor(value).detach().float()
-                self._epoch_logs[name] = self._epoch_logs.get(name, 0.0) + value
-            self._epoch_batches += 1
+                if isinstance(value, Tensor) and value.requires_grad:
+                    value = value.detach()
+                self._epoch_logs.setdefault(name, []).append(value)  # reduced at the epoch's end
             return loss
         if self.fraction < 1.0:
             k = max(1, round(self.fraction * x.shape[0]))
@@ -304,17 +303,12 @@ class AdversarialTraining(pl.Callback):
         return ThreatModel(norm=threat.norm, eps=eps, bounds=threat.bounds)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._epoch_batches:
-            for name, total in self._epoch_logs.items():
-                pl_module.log(
-                    self.log_prefix + name,
-                    total / self._epoch_batches,
-                    on_step=False,
-                    on_epoch=True,
-                    sync_dist=True,
-                )
+        for name, values in self._epoch_logs.items():
+            mean = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).mean()
+            pl_module.log(
+                self.log_prefix + name, mean, on_step=False, on_epoch=True, sync_dist=True
+            )
         self._epoch_logs = {}
-        self._epoch_batches = 0
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -9,24 +9,36 @@ replay and from one minibatch to the next. Since each minibatch is seen ``m`` ti
 epochs is divided by ``m`` to keep the cost of natural training (paper: m=8 on CIFAR-10, eps
 8/255, step eps; 85.96% clean / 46.33% PGD-20).
 
-Lightning mechanics (automatic optimization, unmodified LightningModule):
+Lightning mechanics (unmodified LightningModule). The wrapped ``training_step`` hands the user's
+own ``training_step`` the batch with its inputs replaced by ``x + delta`` (clipped to the input
+box), a fresh leaf tensor that requires grad; after each replay's backward pass the callback reads
+that tensor's ``.grad`` and updates ``delta``. Two modes schedule the ``m`` replays
+(``replay_in_step``; by default the first where it applies, else the second):
 
-* the training loader is wrapped so that it yields each batch ``m`` times; every replay is an
-  ordinary Lightning training step (optimizer step, schedulers, logging, gradient accumulation,
-  DDP and its distributed sampler all work unchanged), and an epoch has ``m`` times as many steps;
-* the wrapped ``training_step`` hands the user's own ``training_step`` the batch with its inputs
-  replaced by ``x + delta`` (clipped to the input box), a fresh leaf tensor that requires grad;
-* after the step's backward pass, ``on_train_batch_end`` reads that tensor's ``.grad`` and
-  updates ``delta``.
-
-With ``replay_in_step=True`` the ``m`` replays run inside one Lightning step instead: the module's
-``optimizer_step`` hook is wrapped to run Lightning's own optimizer step (closure: training step,
-backward, precision plugin, optimizer) ``m`` times, and ``delta`` is updated in
-``on_after_backward``. Lightning's loop then runs once per minibatch rather than once per replay,
-which is what a hand-written Free-AT ``training_step`` with manual optimization costs; the price is
-that ``trainer.global_step``, step-interval learning-rate schedulers, ``max_steps`` and on-step logs
-count minibatches (each of which takes ``m`` optimizer steps), and that gradient accumulation is not
+**Replays inside one Lightning step** (automatic optimization, ``accumulate_grad_batches=1``). The
+module's ``optimizer_step`` hook is wrapped to run the optimizer step (through Lightning's
+optimizer, strategy and precision plugin: loss scaling, gradient clipping, DDP) ``m`` times; each
+runs the wrapped ``training_step`` and its backward, and ``delta`` is updated in
+``on_after_backward``. Lightning's loop runs once per minibatch rather than once per replay,
+which is what a hand-written Free-AT ``training_step`` with manual optimization costs. The price:
+``trainer.global_step``, step-interval learning-rate schedulers, ``max_steps`` and on-step logs
+count minibatches (each of which takes ``m`` optimizer steps), and gradient accumulation is not
 supported (Lightning calls ``optimizer_step`` only at accumulation boundaries).
+
+The last replay of a minibatch runs Lightning's own closure. The ``m - 1`` before it run a replay
+closure that takes the path of a hand-written manual-optimization step: the training step through
+the strategy (DDP, autocast; ``self.log`` works as in ``training_step``), ``optimizer_zero_grad``,
+and the strategy's backward (``on_before_backward`` / ``on_after_backward``). It calls the
+``on_before_zero_grad`` hooks and a module's own ``optimizer_zero_grad`` where they are
+overridden, and skips Lightning's dispatch of those that are not (no-ops); it does not advance
+Lightning's zero-grad progress counters (bookkeeping only). With a profiler on the Trainer every
+replay takes Lightning's closure, so the profile counts all of them.
+
+**One Lightning step per replay** (any module; manual optimization, gradient accumulation). The
+training loader is wrapped so that it yields each batch ``m`` times; every replay is an ordinary
+Lightning training step (optimizer step, schedulers, logging, gradient accumulation, DDP and its
+distributed sampler all work unchanged), an epoch has ``m`` times as many steps, and ``delta`` is
+updated in ``on_train_batch_end``.
 """
 
 from __future__ import annotations
@@ -36,8 +48,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loops.optimization.automatic import ClosureResult
+from pytorch_lightning.profilers import PassThroughProfiler
+from pytorch_lightning.trainer import call
 from pytorch_lightning.utilities import CombinedLoader
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
@@ -125,6 +141,8 @@ class FreeAdversarialTraining(pl.Callback):
             module docstring): the same optimizer steps and perturbation updates, without
             Lightning's per-step loop ``m`` times per minibatch; ``global_step`` then counts
             minibatches. Needs automatic optimization and ``accumulate_grad_batches=1``.
+            ``False``: one Lightning step per replay. ``None`` (default): inside one step where
+            the module and Trainer allow it, else one step per replay (logged at ``fit``).
 
     Raises:
         MisconfigurationException: On a bad argument, another callback already wrapping the
@@ -141,7 +159,7 @@ class FreeAdversarialTraining(pl.Callback):
         input_key: Key = 0,
         target_key: Key = 1,
         divide_max_epochs: bool = False,
-        replay_in_step: bool = False,
+        replay_in_step: bool | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -159,8 +177,11 @@ class FreeAdversarialTraining(pl.Callback):
         self.input_key = input_key
         self.target_key = target_key
         self.divide_max_epochs = bool(divide_max_epochs)
-        self.replay_in_step = bool(replay_in_step)
+        self.replay_in_step = None if replay_in_step is None else bool(replay_in_step)
+        self._in_step = bool(replay_in_step)  # the mode of the current fit
         self._original_optimizer_step: Any = None
+        self._step_args: tuple[Any, int] | None = None  # (batch, batch_idx) of the current step
+        self._zero_grad_hooks: tuple[bool, bool] = (True, True)  # (on_before_zero_grad, module's)
         self._delta: Tensor | None = None
         self._x_adv: Tensor | None = None
         self._original_step: Any = None
@@ -204,7 +225,17 @@ class FreeAdversarialTraining(pl.Callback):
                 "FreeAdversarialTraining could not find the Trainer's training data source; "
                 "this version of Lightning is not supported"
             )
-        if self.replay_in_step:
+        in_step = self.replay_in_step
+        if in_step is None:
+            in_step = pl_module.automatic_optimization and trainer.accumulate_grad_batches == 1
+            how = (
+                "inside one Lightning step (global_step counts minibatches)"
+                if in_step
+                else "as one Lightning step each (manual optimization or accumulation)"
+            )
+            rank_zero_info(f"FreeAdversarialTraining: the {self.replays} replays run {how}")
+        self._in_step = in_step
+        if in_step:
             self._check_in_step(trainer, pl_module)
         else:
             replays = self.replays
@@ -218,17 +249,27 @@ class FreeAdversarialTraining(pl.Callback):
 
         self._original_step = wrap_training_step(pl_module, self._training_step)
         self._module = pl_module
-        if self.replay_in_step:
+        if in_step:
             original = pl_module.optimizer_step
             self._original_optimizer_step = original
             replays = self.replays
 
-            def optimizer_step(*args: Any, **kwargs: Any) -> Any:
-                # Lightning's closure runs training_step and backward; each call is one replay.
-                out = None
-                for _ in range(replays):
-                    out = original(*args, **kwargs)
-                return out
+            def optimizer_step(
+                epoch: int,
+                batch_idx: int,
+                optimizer: Any,
+                optimizer_closure: Any = None,
+                *args: Any,
+                **kwargs: Any,
+            ) -> Any:
+                # Each call of a closure (training step and backward) is one replay; Lightning's
+                # own closure runs the last one, so its result is the step's output.
+                replay = self._replay_closure(trainer, epoch, batch_idx, optimizer)
+                if replay is None or optimizer_closure is None:
+                    replay = optimizer_closure
+                for _ in range(replays - 1):
+                    original(epoch, batch_idx, optimizer, replay, *args, **kwargs)
+                return original(epoch, batch_idx, optimizer, optimizer_closure, *args, **kwargs)
 
             pl_module.optimizer_step = optimizer_step  # type: ignore[method-assign]
 
@@ -271,6 +312,7 @@ class FreeAdversarialTraining(pl.Callback):
         if self._original_optimizer_step is not None and "optimizer_step" in vars(pl_module):
             del pl_module.optimizer_step
         self._original_optimizer_step = None
+        self._step_args = None
         if self._source is not None and "dataloader" in vars(self._source):
             del self._source.dataloader
         self._original_step = None
@@ -301,15 +343,83 @@ class FreeAdversarialTraining(pl.Callback):
             except (TypeError, ValueError) as err:
                 raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
             self._checked_inputs = True
-        # No autograd graph is built here (neither x.detach() nor delta requires grad). delta is
-        # kept inside the ball by its update, so only the box remains to enforce.
-        delta = self._current_delta(x)
+        # No autograd graph is built here (neither the inputs nor delta require grad). delta is
+        # kept inside the ball by its update, so only the box remains to enforce. The common case
+        # (a full batch like the last one) takes no resizing, copy or cast.
+        delta = self._delta
+        if delta is None or delta.shape != x.shape or delta.device != x.device:
+            delta = self._current_delta(x)
+        if delta.dtype != x.dtype:
+            delta = delta.to(x.dtype)
+        if x.requires_grad:
+            x = x.detach()
         low, high = self.threat.bounds
-        x_adv = (x.detach() + delta.to(x.dtype)).clamp_(low, high).requires_grad_(True)
+        x_adv = torch.add(x, delta).clamp_(low, high).requires_grad_(True)
         self._x_adv = x_adv
         return self._original_step(
             replace_inputs(batch, self.input_key, x_adv), batch_idx, *args, **kwargs
         )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # which zero-grad hooks do something (the replay closure skips dispatching the others)
+        callbacks = any(
+            is_overridden("on_before_zero_grad", cb, pl.Callback) for cb in trainer.callbacks
+        )
+        module = is_overridden("on_before_zero_grad", pl_module, pl.LightningModule)
+        self._zero_grad_hooks = (
+            callbacks or module,
+            is_overridden("optimizer_zero_grad", pl_module, pl.LightningModule),
+        )
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._in_step:
+            self._step_args = (batch, batch_idx)
+
+    def _replay_closure(
+        self, trainer: pl.Trainer, epoch: int, batch_idx: int, optimizer: Any
+    ) -> Any:
+        """The closure of the replays before a minibatch's last (see the module docstring), or
+        ``None`` where Lightning's own closure must run them (a profiler is on)."""
+        step_args = self._step_args
+        module = self._module
+        if step_args is None or module is None:
+            return None
+        if not isinstance(trainer.profiler, PassThroughProfiler):
+            return None
+        strategy = trainer.strategy
+        before_zero_grad, own_zero_grad = self._zero_grad_hooks
+
+        def replay() -> Tensor | None:
+            with torch.enable_grad():
+                previous = module._current_fx_name
+                module._current_fx_name = "training_step"  # self.log in the step is recorded
+                try:
+                    output = strategy.training_step(*step_args)
+                finally:
+                    module._current_fx_name = previous
+                result = ClosureResult.from_training_step_output(output)
+                if result.closure_loss is None and trainer.world_size > 1:
+                    raise RuntimeError(
+                        "Skipping the `training_step` by returning None in distributed training "
+                        "is not supported."
+                    )
+                # as Lightning's closure: zero_grad even for a skipped step, then backward
+                if before_zero_grad:
+                    call._call_callback_hooks(trainer, "on_before_zero_grad", optimizer)
+                    call._call_lightning_module_hook(trainer, "on_before_zero_grad", optimizer)
+                if own_zero_grad:
+                    call._call_lightning_module_hook(
+                        trainer, "optimizer_zero_grad", epoch, batch_idx, optimizer
+                    )
+                else:
+                    optimizer.zero_grad()
+                if result.closure_loss is not None:
+                    strategy.backward(result.closure_loss, optimizer)
+                return result.loss
+
+        return replay
 
     def on_train_batch_end(
         self,
@@ -319,12 +429,14 @@ class FreeAdversarialTraining(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self.replay_in_step:
-            self._update_delta(skipped=outputs is None)
+        if not self._in_step:
+            # Lightning hands a skipped step (training_step returned None) an empty output
+            self._update_delta(skipped=not outputs)
         self._x_adv = None
+        self._step_args = None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.replay_in_step:  # one backward per replay, inside the Lightning step
+        if self._in_step:  # one backward per replay, inside the Lightning step
             self._update_delta(skipped=False)
 
     def _update_delta(self, skipped: bool) -> None:
@@ -342,26 +454,31 @@ class FreeAdversarialTraining(pl.Callback):
                 f"(at {self.input_key!r}) without detaching them or running under no_grad"
             )
         # Plain tensor arithmetic on tensors that do not require grad (no autograd graph).
-        n = grad.shape[0]
-        delta = self._delta[:n]
-        g = grad.detach().to(delta.dtype)
-        moved = self._into_ball(
-            torch.add(delta, self.threat.ascent_direction(g), alpha=self.step_size)
-        )
+        delta = self._delta
+        if grad.shape[0] != delta.shape[0]:
+            delta = delta[: grad.shape[0]]
+        g = grad.detach() if grad.requires_grad else grad  # (a backward with create_graph)
+        if g.dtype != delta.dtype:
+            g = g.to(delta.dtype)
+        moved = torch.add(delta, self.threat.ascent_direction(g), alpha=self.step_size)
+        self._into_ball(moved, in_place=True)
         # An example whose input gradient is not finite keeps its perturbation: under float16 (a
         # GradScaler's overflow step, which also skips the optimizer step) or a diverging loss,
         # the gradient says nothing about where the loss rises. One reduction per example finds
         # them: a NaN or an inf anywhere makes the example's sum, times 0, NaN (not 0).
-        finite = g.flatten(1).sum(dim=1).mul_(0).eq(0).view(-1, *([1] * (g.dim() - 1)))
+        finite = g.sum(dim=tuple(range(1, g.dim())), keepdim=True).mul_(0).eq(0)
         torch.where(finite, moved, delta, out=delta)
 
-    def _into_ball(self, delta: Tensor) -> Tensor:
-        """``delta`` clipped to the cube (linf) or scaled into the ball (l2) of radius eps."""
+    def _into_ball(self, delta: Tensor, in_place: bool = False) -> Tensor:
+        """``delta`` clipped to the cube (linf) or scaled into the ball (l2) of radius eps;
+        ``in_place`` overwrites ``delta`` (a tensor that does not require grad)."""
         if self.threat.norm == "linf":
+            if in_place:
+                return delta.clamp_(-self.eps, self.eps)
             return delta.clamp(-self.eps, self.eps)
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        factor = (self.eps / norms).clamp(max=1.0)
-        return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        factor = (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+        return delta.mul_(factor) if in_place else delta * factor
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 
 
 def check_not_wrapped(pl_module: pl.LightningModule) -> None:
@@ -30,7 +31,8 @@ def check_not_wrapped(pl_module: pl.LightningModule) -> None:
 def wrap_training_step(
     pl_module: pl.LightningModule, replacement: Callable[..., Any]
 ) -> Callable[..., Any]:
-    """Installs ``replacement`` as ``pl_module.training_step``; returns the original step.
+    """Installs ``replacement`` as ``pl_module.training_step``; returns the original step, called
+    as ``original(batch, batch_idx, ...)`` whether or not the module's step takes ``batch_idx``.
 
     Raises:
         MisconfigurationException: If another advtrain callback already wrapped the step.
@@ -43,7 +45,15 @@ def wrap_training_step(
 
     training_step._advtrain_wrapped = True  # type: ignore[attr-defined]
     pl_module.training_step = training_step  # type: ignore[method-assign]
-    return original
+    # Lightning passes batch_idx only to a step that takes it (by name or as a second argument);
+    # the replacement always receives it (it takes *args), and drops it again for such a step.
+    if is_param_in_hook_signature(original, "batch_idx", min_args=2):
+        return original
+
+    def without_batch_idx(batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
+        return original(batch, *args, **kwargs)
+
+    return without_batch_idx
 
 
 def unwrap_training_step(pl_module: pl.LightningModule) -> None:
