@@ -76,6 +76,7 @@ def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Mo
         type(m).train is nn.Module.train and type(m).__setattr__ is nn.Module.__setattr__
         for m, _ in modes
     )
+    set_attribute = object.__setattr__ if set_flags else setattr
     params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
@@ -91,16 +92,13 @@ def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Mo
         if bn_mode != "train":
             if set_flags:
                 for m, _ in modes:
-                    object.__setattr__(m, "training", bn_mode == "train_frozen")
+                    set_attribute(m, "training", bn_mode == "train_frozen")
             else:
                 model.train(bn_mode == "train_frozen")
         yield model
     finally:
         for m, training in modes:
-            if set_flags:
-                object.__setattr__(m, "training", training)
-            else:
-                m.training = training
+            set_attribute(m, "training", training)
         for p, req, g in zip(params, requires, grads, strict=True):
             p.requires_grad_(req)
             p.grad = g

@@ -324,6 +324,8 @@ class FreeAdversarialTraining(pl.Callback):
     def _current_delta(self, x: Tensor) -> Tensor:
         """The carried perturbation for a batch like ``x`` (resized if the batch size changed)."""
         delta = self._delta
+        if delta is not None and delta.shape == x.shape and delta.device == x.device:
+            return delta  # the common case (a full batch like the last): no resizing or copy
         if delta is None or delta.shape[1:] != x.shape[1:]:
             delta = torch.zeros_like(x, dtype=torch.float32)
         delta = delta.to(x.device)
@@ -334,8 +336,7 @@ class FreeAdversarialTraining(pl.Callback):
         return delta[: x.shape[0]]
 
     def _training_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
-        module = self._module
-        assert module is not None and self._original_step is not None
+        assert self._module is not None and self._original_step is not None
         x, _ = split_batch(batch, self.input_key, self.target_key)
         if not self._checked_inputs:
             try:
@@ -344,11 +345,8 @@ class FreeAdversarialTraining(pl.Callback):
                 raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
             self._checked_inputs = True
         # No autograd graph is built here (neither the inputs nor delta require grad). delta is
-        # kept inside the ball by its update, so only the box remains to enforce. The common case
-        # (a full batch like the last one) takes no resizing, copy or cast.
-        delta = self._delta
-        if delta is None or delta.shape != x.shape or delta.device != x.device:
-            delta = self._current_delta(x)
+        # kept inside the ball by its update, so only the box remains to enforce.
+        delta = self._current_delta(x)
         if delta.dtype != x.dtype:
             delta = delta.to(x.dtype)
         if x.requires_grad:
