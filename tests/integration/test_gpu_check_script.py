@@ -1,6 +1,7 @@
-"""The prepared GPU check (scripts/gpu_check.sh) runs its code paths on the CPU.
+"""The scripts run on a lent GPU (scripts/gpu_check.sh, scripts/profile_callback.py) run their
+code paths on the CPU.
 
-The numbers it prints on a lent GPU go into BENCHMARKS.md; here it runs with tiny sizes and a
+The numbers they print on a lent GPU go into BENCHMARKS.md; here they run with tiny sizes and a
 small model so a broken script is found before device time is spent on it.
 """
 
@@ -42,3 +43,33 @@ def test_gpu_check_runs_on_cpu() -> None:
     assert len(attack_rows) == 3 and all(row.endswith("| yes |") for row in attack_rows), out
     assert "float16 underflow case" in out
     assert "smoothing certify" in out
+
+
+def test_profile_callback_diffs_the_two_variants_on_cpu() -> None:
+    """``scripts/profile_callback.py``, the tool behind the GPU profile in BENCHMARKS.md: the
+    callback's Fast-AT does its input check (``aminmax``) where the hand loop does not."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "profile_callback.py"),
+            "--method",
+            "fast_at",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--rows",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
+        cwd=ROOT / "scripts",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "## fast_at: per training step, callback vs hand (cpu, 1 epochs)" in out
+    assert out.count(" us wall per step") == 2
+    check = [line for line in out.splitlines() if line.startswith("| aten::aminmax |")]
+    assert check and check[-1].split("|")[2:4] == [" 2.0 ", " 0.0 "], out

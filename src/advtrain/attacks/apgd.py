@@ -225,13 +225,11 @@ class APGD(Attack):
             misclassified, its loss, and the highest-loss point with its loss.
         """
         threat = ThreatModel(norm=self.norm, eps=eps, bounds=self.bounds)
-        low, high = threat.bounds
         l1 = threat.norm == "l1"
         linf = threat.norm == "linf"
         x_adv = self._random_start(x, threat) if x_init is None else threat.project(x_init, x)
         if linf:
-            lo = (x - eps).clamp_min(low)
-            hi = (x + eps).clamp_max(high)
+            lo, hi = threat.linf_limits(x)
 
         ones: Tensor | None = None  # d(sum of the losses)/d(loss), made on the first pass
         per_example = self.bn_mode == "eval"  # examples independent: one loss scale each

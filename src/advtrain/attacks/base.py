@@ -148,6 +148,7 @@ class Attack(ABC):
             seed = check_positive_int(seed, "seed", minimum=0)
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._label_range: tuple[int, int] | None = None
 
     # -- threat-model attributes, settable so schedules can drive them --------------------------
     @property
@@ -185,9 +186,17 @@ class Attack(ABC):
         return gen
 
     def reseed(self, seed: int | None) -> None:
-        """Restarts the attack's random stream from ``seed``."""
+        """Restarts the attack's random stream from ``seed``.
+
+        Generators already made are re-seeded in place (the same stream as a new one: training
+        callbacks reseed every step, and making a CUDA generator each time costs more).
+        """
         self.seed = seed
-        self._generators.clear()
+        if seed is None:
+            self._generators.clear()
+            return
+        for gen in self._generators.values():
+            gen.manual_seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         """The attack's mutable state: seed and generator states (for exact resume)."""
@@ -210,12 +219,16 @@ class Attack(ABC):
 
     # -- the call -------------------------------------------------------------------------------
     def validate(self, x: Tensor, y: Tensor) -> None:
-        """Checks ``x`` (finite floats inside the bounds) and ``y`` (integer labels, one each)."""
-        self.threat.check_inputs(x)
-        check_labels(y, x.shape[0])
+        """Checks ``x`` (finite floats inside the bounds) and ``y`` (integer labels, one each).
 
-    @staticmethod
-    def check_logits(logits: Tensor, y: Tensor) -> None:
+        The labels' range is read in the same host sync as the inputs' and kept for
+        :meth:`check_logits` during this call (one sync per attack call, not two: on a GPU each
+        sync stalls the queue of launched kernels).
+        """
+        check_labels(y, x.shape[0])
+        self._label_range = self.threat.check_inputs(x, labels=y)
+
+    def check_logits(self, logits: Tensor, y: Tensor) -> None:
         """Checks the model's output against the labels on the attack's first forward pass."""
         if not isinstance(logits, Tensor):
             raise ValueError(
@@ -227,25 +240,31 @@ class Attack(ABC):
                 f"the model must return logits of shape (batch, num_classes), got "
                 f"{tuple(logits.shape)} for a batch of {y.shape[0]}"
             )
-        check_labels(y, y.shape[0], num_classes=logits.shape[1])
+        label_range = getattr(self, "_label_range", None)  # read by validate() in this call
+        check_labels(y, y.shape[0], num_classes=logits.shape[1], label_range=label_range)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Returns adversarial examples for ``model`` at ``(x, y)``; see the module docstring."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.validate(x, y)
-        if self.eps == 0:
-            return x.detach().clone()
-        # Attacks need autograd even when called from validation under ``torch.inference_mode``.
-        with (
-            torch.inference_mode(False),
-            torch.enable_grad(),
-            model_state_guard(model, self.bn_mode),
-        ):
-            x_in = x.detach().clone() if x.is_inference() else x.detach()
-            y_in = y.detach().clone() if y.is_inference() else y.detach()
-            x_adv = self.perturb(model, x_in, y_in)
-        return x_adv.detach()
+        try:
+            if self.eps == 0:
+                return x.detach().clone()
+            # Attacks need autograd even when called from validation under inference mode.
+            with (
+                torch.inference_mode(False),
+                torch.enable_grad(),
+                model_state_guard(model, self.bn_mode),
+            ):
+                x_in = x.detach().clone() if x.is_inference() else x.detach()
+                y_in = y.detach().clone() if y.is_inference() else y.detach()
+                x_adv = self.perturb(model, x_in, y_in)
+            return x_adv.detach()
+        finally:
+            # The range belongs to this call's labels (perturb may see a subset of them, whose
+            # range lies inside); a direct perturb() call later checks its own labels.
+            self._label_range = None
 
     @abstractmethod
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

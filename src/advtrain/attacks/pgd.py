@@ -97,6 +97,7 @@ class PGD(Attack):
         threat = self.threat
         alpha = self.alpha
         x_adv = threat.random_start(x, self.generator(x.device)) if self.random_start else x.clone()
+        limits = threat.linf_limits(x) if threat.norm == "linf" else None
         for step in range(self.steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
@@ -107,7 +108,12 @@ class PGD(Attack):
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             grad = unscale(grad)
             with torch.no_grad():
-                x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
+                if limits is not None:
+                    # Linf: x_adv + alpha·sign(grad) clipped to the ball ∩ box, in place (three
+                    # ops; the graph that saved x_adv was freed by autograd.grad).
+                    x_adv = x_adv.detach().add_(grad.sign_(), alpha=alpha).clamp_(*limits)
+                else:
+                    x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

@@ -106,6 +106,7 @@ class TRADESAttack(Attack):
                 x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype
             )
             x_adv = threat.project(x + self.init_std * noise, x)
+        limits = threat.linf_limits(x) if threat.norm == "linf" else None
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             adv_logits, unscale = loss_scaled_logits(
@@ -126,5 +127,8 @@ class TRADESAttack(Attack):
                             dtype=grad.dtype,
                         )
                         grad = torch.where(zero.view(-1, *([1] * (x.dim() - 1))), rand, grad)
-                x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
+                if limits is not None:  # Linf: step and clip in place (see PGD)
+                    x_adv = x_adv.detach().add_(grad.sign_(), alpha=alpha).clamp_(*limits)
+                else:
+                    x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
         return x_adv.detach()

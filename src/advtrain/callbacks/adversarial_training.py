@@ -208,16 +208,15 @@ class AdversarialTraining(pl.Callback):
             values[name] = float(value)
         return values
 
-    def _reseed(self, trainer: pl.Trainer, batch_idx: int) -> torch.Generator:
+    def _reseed(self, trainer: pl.Trainer, batch_idx: int) -> int:
+        """Reseeds the attack (and a loss wrapper) for this step; returns the step's seed."""
         seed = step_seed(self._seed_value, trainer.global_rank, trainer.global_step, batch_idx)
         for obj in (self.target, getattr(self.target, "attack", None)):
             if isinstance(obj, Attack):
                 obj.reseed(seed)
         if hasattr(self.target, "reseed") and not isinstance(self.target, Attack):
             self.target.reseed(seed)
-        gen = torch.Generator()
-        gen.manual_seed(seed)
-        return gen
+        return seed
 
     def _check_output(self, module: pl.LightningModule, x: Tensor) -> None:
         if self._checked_output:
@@ -239,7 +238,7 @@ class AdversarialTraining(pl.Callback):
         trainer = module.trainer
         x, y = split_batch(batch, self.input_key, self.target_key)
         values = self._apply_schedules(trainer, batch_idx)
-        gen = self._reseed(trainer, batch_idx)
+        seed = self._reseed(trainer, batch_idx)
         self._check_output(module, x)
         # Lightning's log() costs about as much as a small model's forward pass, so scheduled
         # values are logged at the logger's own cadence (every log_every_n_steps), where the
@@ -260,6 +259,7 @@ class AdversarialTraining(pl.Callback):
             return loss
         if self.fraction < 1.0:
             k = max(1, round(self.fraction * x.shape[0]))
+            gen = torch.Generator().manual_seed(seed)  # which examples: the step's own stream
             idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
             x_new = x.clone()
             x_new[idx] = self.attack(module, x[idx], y[idx])  # type: ignore[misc]

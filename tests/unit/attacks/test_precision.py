@@ -81,9 +81,11 @@ def test_float16_underflow_is_real_and_scaling_recovers_the_float32_gradient() -
     assert float((flat_raw.abs().amax(1) == 0).float().mean()) > 0.2
     # scaled: every example has a gradient ...
     assert bool((flat_scaled.abs().amax(1) > 0).all())
-    # ... pointing where float32's points, of the same size. Below a loss of ~1e-7 float32's own
-    # cross-entropy gradient is rounding noise (1 - p_y rounds to 0), so compare above it.
-    well = loss.detach() > 1e-6
+    # ... pointing where float32's points, of the same size. float32's own cross-entropy gradient
+    # is only as precise as 1 - p_y, i.e. about 6e-8 / loss relative (rounding noise below a loss
+    # of ~1e-7; still ~5% at 1e-6, which failed this check on an AVX-512 machine), so compare
+    # where the float32 reference itself is good to better than 1%.
+    well = loss.detach() > 1e-5
     assert int(well.sum()) >= 100
     cosine = F.cosine_similarity(flat_scaled[well], flat32[well], dim=1)
     assert float(cosine.min()) > 0.99

@@ -99,3 +99,19 @@ def test_input_checks_name_the_problem() -> None:
         check_labels(torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match=r"lie in \[0, 10\)"):
         check_labels(torch.tensor([0, 10]), 2, num_classes=10)
+
+
+def test_clipping_to_the_linf_limits_is_the_linf_projection() -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(16, 3, 4, 4, generator=gen)
+    far = x + torch.randn(x.shape, generator=gen)
+    threat = ThreatModel(norm="linf", eps=0.1)
+    lo, hi = threat.linf_limits(x)
+    clipped = far.clone().clamp_(lo, hi)
+    assert bool(threat.contains(clipped, x, atol=0).all())
+    torch.testing.assert_close(clipped, threat.project(far, x), rtol=0, atol=1e-6)
+    # the limits of a point near the box's edge are the box's
+    assert float(lo.min()) >= 0 and float(hi.max()) <= 1
+    assert torch.equal(x.clone().clamp_(lo, hi), x)  # x itself is left where it is
+    with pytest.raises(ValueError, match="linf"):
+        ThreatModel(norm="l2", eps=0.1).linf_limits(x)

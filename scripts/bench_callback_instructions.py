@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Each method through its callback vs written by hand, counted in instructions.
+
+``bench_callback.py`` compares the two variants' CPU time, and on a shared machine its ratios
+move by several percent between runs: as much as the 1.05 bound being checked (issue #4: each
+method through the callback costs <= 1.05x the same method written by hand inside
+``training_step``). This script makes the same comparison in executed instructions, which
+machine load does not change (the method of ``bench_apgd_instructions.py``):
+
+* it re-runs itself under ``valgrind --tool=callgrind`` with one thread (``OMP_NUM_THREADS=1``,
+  ``PYTHONHASHSEED=0``);
+* the worker trains each method's two variants of ``bench_callback.py`` (same module, data,
+  seed, Trainer settings and number of steps) and calls ``os.getppid()`` at ``on_train_start``
+  and ``on_train_end``; with ``--dump-before=getppid`` callgrind writes one profile per phase,
+  so each training loop (the same span ``bench_callback.py`` times) is counted on its own;
+* a warm-up run comes first (imports, allocator, oneDNN primitive caches).
+
+Instructions are not time: they leave out cache misses and memory stalls, which both variants
+share here (the same model, batch and operators), and they count the Python interpreter's and
+Lightning's work exactly, which is what the callback adds. Callgrind runs python + torch about
+50-100x slower, hence few epochs. Example::
+
+    python scripts/bench_callback_instructions.py --epochs 1 --steps 10   # about 30 minutes
+    python scripts/bench_callback_instructions.py --epochs 1 --methods fast_at   # 10 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import bench_callback as bench  # the variants of bench_callback.py (scripts/)
+import pytorch_lightning as pl
+import torch
+
+METHODS = ["pgd_at", "trades", "mart", "fast_at", "free_at"]
+
+
+class PhaseMarker(pl.Callback):
+    """Closes a callgrind phase (``os.getppid()``) where the training loop starts and ends."""
+
+    def __init__(self, label: str, phases: list[str]) -> None:
+        self.label, self.phases = label, phases
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        os.getppid()
+        self.phases.append(f"setup {self.label}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        os.getppid()
+        self.phases.append(f"train {self.label}")
+
+
+def run(variant: bench.Variant, epochs: int, marker: PhaseMarker, steps: int | None) -> int:
+    """Trains one variant of ``bench_callback.py`` (seed 0, at most ``steps`` batches an
+    epoch); returns its number of steps."""
+    make_module, make_callbacks = variant
+    pl.seed_everything(0, verbose=False)
+    module = make_module()
+    dm = bench.datamodule(0)
+    dm.setup("fit")
+    clock = bench.TrainingClock()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[*make_callbacks(), clock, marker],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        limit_train_batches=steps if steps else 1.0,
+    )
+    trainer.fit(module, datamodule=dm)
+    return len(clock.steps)
+
+
+def worker(methods: list[str], epochs: int, steps: int | None, phases_file: str) -> None:
+    """Runs under callgrind: every ``os.getppid()`` closes the phase before it."""
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    phases: list[str] = []
+    counts: dict[str, int] = {}
+    table = bench.methods(epochs)
+    run(table["fast_at"][2], 1, PhaseMarker("warm-up", phases), steps)
+    for name in methods:
+        method_epochs, cb_variant, hand_variant = table[name]
+        for kind, variant in (("callback", cb_variant), ("hand", hand_variant)):
+            label = f"{name} {kind}"
+            counts[label] = run(variant, method_epochs, PhaseMarker(label, phases), steps)
+    Path(phases_file).write_text(json.dumps({"phases": phases, "steps": counts}))
+
+
+def totals(folder: Path, stem: str) -> list[int]:
+    """Instruction totals of the numbered callgrind dumps ``stem.1, stem.2, ...``, in order."""
+    out = []
+    for n in range(1, 10_000):
+        f = folder / f"{stem}.{n}"
+        if not f.exists():
+            break
+        for line in f.read_text().splitlines():
+            if line.startswith(("totals:", "summary:")):
+                out.append(int(line.split()[1]))
+                break
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=1, help="epochs (Free-AT: divided by m)")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="batches per epoch (0: the whole epoch, ~20)"
+    )
+    parser.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--phases-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.methods, args.epochs, args.steps or None, args.phases_file)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="callback_cg_") as tmp:
+        folder = Path(tmp)
+        phases_file = folder / "phases.json"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--dump-before=getppid",
+            f"--callgrind-out-file={folder / 'cg.out'}",
+            sys.executable,
+            __file__,
+            "--worker",
+            "--epochs",
+            str(args.epochs),
+            "--steps",
+            str(args.steps),
+            "--phases-file",
+            str(phases_file),
+            "--methods",
+            *args.methods,
+        ]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not phases_file.exists():
+            print(proc.stdout[-3000:], proc.stderr[-3000:])
+            raise SystemExit("callgrind run failed")
+        counts = totals(folder, "cg.out")
+        record: dict[str, Any] = json.loads(phases_file.read_text())
+    phases, steps = record["phases"], record["steps"]
+    if len(counts) < len(phases):
+        raise SystemExit(f"expected {len(phases)} callgrind dumps, found {len(counts)}")
+    ir = dict(zip(phases, counts, strict=False))
+    free_epochs = max(1, args.epochs // bench.FREE_REPLAYS)
+    print(
+        f"torch {torch.__version__}, Lightning {pl.__version__}; SmallCNN on digits, eps "
+        f"{bench.EPS}, {args.epochs} epochs of {args.steps or 'all'} batches (Free-AT "
+        f"{free_epochs} x {bench.FREE_REPLAYS} replays), 1 thread, "
+        f"{time.perf_counter() - start:.0f} s under callgrind\n"
+    )
+    print("| method | steps | callback, M instructions per step | hand | ratio | verdict |")
+    print("|---|---|---|---|---|---|")
+    for name in args.methods:
+        cb, hand = ir[f"train {name} callback"], ir[f"train {name} hand"]
+        n_cb, n_hand = steps[f"{name} callback"], steps[f"{name} hand"]
+        ratio = (cb / n_cb) / (hand / n_hand)
+        verdict = "ok" if ratio <= 1.05 else "over"
+        print(
+            f"| {name} | {n_cb} | {cb / n_cb / 1e6:.2f} | {hand / n_hand / 1e6:.2f} "
+            f"| {ratio:.4f} | {verdict} |"
+        )
+    print(
+        "\nThe training loop of each run (on_train_start to on_train_end), in instructions per "
+        "training step; ratio = callback / hand (target <= 1.05)."
+    )
+
+
+if __name__ == "__main__":
+    main()
