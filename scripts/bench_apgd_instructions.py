@@ -33,14 +33,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from bench_attacks import hand_passes  # the same hand loop as bench_attacks.py (scripts/)
+from callgrind_phases import run_phases
 from torch import Tensor, nn
 
 from advtrain.attacks import APGD
@@ -89,52 +87,15 @@ def worker(batch: int, steps: list[int], phases_file: str) -> None:
     Path(phases_file).write_text(json.dumps(phases))
 
 
-def totals(folder: Path, stem: str) -> list[int]:
-    """Instruction totals of the numbered callgrind dumps ``stem.1, stem.2, ...``, in order."""
-    out = []
-    for n in range(1, 1000):
-        f = folder / f"{stem}.{n}"
-        if not f.exists():
-            break
-        for line in f.read_text().splitlines():
-            if line.startswith("totals:") or line.startswith("summary:"):
-                out.append(int(line.split()[1]))
-                break
-    return out
-
-
 def instructions(args: argparse.Namespace) -> None:
     if shutil.which("valgrind") is None:
         print("(1) instructions: valgrind not found (apt-get install valgrind); skipped")
         return
     a, b = sorted(args.steps)
-    with tempfile.TemporaryDirectory(prefix="apgd_cg_") as tmp:
-        folder = Path(tmp)
-        phases_file = folder / "phases.json"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--dump-before=getppid",
-            f"--callgrind-out-file={folder / 'cg.out'}",
-            sys.executable,
-            __file__,
-            "--worker",
-            "--batch",
-            str(args.cg_batch),
-            "--steps",
-            str(a),
-            str(b),
-            "--phases-file",
-            str(phases_file),
-        ]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not phases_file.exists():
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            raise SystemExit("callgrind run failed")
-        counts = totals(folder, "cg.out")
-        phases = json.loads(phases_file.read_text())
+    start = time.perf_counter()
+    counts, phases = run_phases(
+        __file__, ["--batch", str(args.cg_batch), "--steps", str(a), str(b)], prefix="apgd_cg_"
+    )
     if len(counts) < len(phases) - 1:
         raise SystemExit(f"expected {len(phases) - 1} callgrind dumps, found {len(counts)}")
     ir = dict(zip(phases, counts, strict=False))

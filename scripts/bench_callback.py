@@ -341,6 +341,25 @@ class TrainingClock(pl.Callback):
         self.cpu += time.process_time()
 
 
+def make_trainer(epochs: int, callbacks: list[pl.Callback], **overrides: Any) -> pl.Trainer:
+    """The Trainer every run of both variants uses (no logger, checkpoints, progress bar or
+    validation: the training loop alone), on :data:`ACCELERATOR`."""
+    settings: dict[str, Any] = {
+        "max_epochs": epochs,
+        "accelerator": ACCELERATOR,
+        "devices": 1,
+        "callbacks": callbacks,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+    }
+    settings.update(overrides)
+    return pl.Trainer(**settings)
+
+
 def train(variant: Variant, epochs: int, seed: int) -> tuple[Classifier, float, float, float]:
     """Trains one variant; returns the module, the wall and process CPU time of its training
     loop, and its number of steps times the 10th percentile of their CPU times
@@ -351,19 +370,7 @@ def train(variant: Variant, epochs: int, seed: int) -> tuple[Classifier, float, 
     dm = datamodule(seed)
     dm.setup("fit")
     clock = TrainingClock()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator=ACCELERATOR,
-        devices=1,
-        callbacks=[*make_callbacks(), clock],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, datamodule=dm)
+    make_trainer(epochs, [*make_callbacks(), clock]).fit(module, datamodule=dm)
     # the undisturbed cost of all the run's steps (Free-AT's step-per-replay mode takes m
     # Lightning steps for the hand loop's one)
     return module, clock.wall, clock.cpu, step_quantile(clock.steps) * len(clock.steps)

@@ -30,18 +30,14 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import bench_callback as bench  # the variants of bench_callback.py (scripts/)
 import pytorch_lightning as pl
 import torch
+from callgrind_phases import run_phases
 
 METHODS = ["pgd_at", "trades", "mart", "fast_at", "free_at"]
 
@@ -70,18 +66,8 @@ def run(variant: bench.Variant, epochs: int, marker: PhaseMarker, steps: int | N
     dm = bench.datamodule(0)
     dm.setup("fit")
     clock = bench.TrainingClock()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        callbacks=[*make_callbacks(), clock, marker],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        limit_train_batches=steps if steps else 1.0,
+    trainer = bench.make_trainer(
+        epochs, [*make_callbacks(), clock, marker], limit_train_batches=steps or 1.0
     )
     trainer.fit(module, datamodule=dm)
     return len(clock.steps)
@@ -105,20 +91,6 @@ def worker(methods: list[str], epochs: int, steps: int | None, phases_file: str)
     Path(phases_file).write_text(json.dumps({"phases": phases, "steps": counts}))
 
 
-def totals(folder: Path, stem: str) -> list[int]:
-    """Instruction totals of the numbered callgrind dumps ``stem.1, stem.2, ...``, in order."""
-    out = []
-    for n in range(1, 10_000):
-        f = folder / f"{stem}.{n}"
-        if not f.exists():
-            break
-        for line in f.read_text().splitlines():
-            if line.startswith(("totals:", "summary:")):
-                out.append(int(line.split()[1]))
-                break
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1, help="epochs (Free-AT: divided by m)")
@@ -132,36 +104,11 @@ def main() -> None:
     if args.worker:
         worker(args.methods, args.epochs, args.steps or None, args.phases_file)
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind not found (apt-get install valgrind)")
-    with tempfile.TemporaryDirectory(prefix="callback_cg_") as tmp:
-        folder = Path(tmp)
-        phases_file = folder / "phases.json"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--dump-before=getppid",
-            f"--callgrind-out-file={folder / 'cg.out'}",
-            sys.executable,
-            __file__,
-            "--worker",
-            "--epochs",
-            str(args.epochs),
-            "--steps",
-            str(args.steps),
-            "--phases-file",
-            str(phases_file),
-            "--methods",
-            *args.methods,
-        ]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not phases_file.exists():
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            raise SystemExit("callgrind run failed")
-        counts = totals(folder, "cg.out")
-        record: dict[str, Any] = json.loads(phases_file.read_text())
+    start = time.perf_counter()
+    worker_args = ["--epochs", str(args.epochs), "--steps", str(args.steps)]
+    counts, record = run_phases(
+        __file__, [*worker_args, "--methods", *args.methods], prefix="callback_cg_"
+    )
     phases, steps = record["phases"], record["steps"]
     if len(counts) < len(phases):
         raise SystemExit(f"expected {len(phases)} callgrind dumps, found {len(counts)}")

@@ -59,18 +59,7 @@ def profiled_run(
     dm = bench.datamodule(seed)
     dm.setup("fit")
     counter = StepCounter()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator=bench.ACCELERATOR,
-        devices=1,
-        callbacks=[*make_callbacks(), counter],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    trainer = bench.make_trainer(epochs, [*make_callbacks(), counter])
     activities = [ProfilerActivity.CPU]
     if bench.ACCELERATOR == "gpu":
         activities.append(ProfilerActivity.CUDA)

@@ -15,24 +15,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_check_runs_on_cpu() -> None:
+def run_script(name: str, *args: str) -> str:
+    """Runs ``scripts/<name>`` with ``args`` on one thread; returns its standard output."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "gpu_check.py"),
-            "--device",
-            "cpu",
-            "--quick",
-            "--model",
-            "small_cnn",
-        ],
+        [sys.executable, str(ROOT / "scripts" / name), *args],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_gpu_check_runs_on_cpu() -> None:
+    out = run_script("gpu_check.py", "--device", "cpu", "--quick", "--model", "small_cnn")
     assert "## GPU check on CPU" in out
     assert "Traceback" not in out, out  # every section ran to its end
     lines = out.splitlines()
@@ -48,27 +45,9 @@ def test_gpu_check_runs_on_cpu() -> None:
 def test_profile_callback_diffs_the_two_variants_on_cpu() -> None:
     """``scripts/profile_callback.py``, the tool behind the GPU profile in BENCHMARKS.md: the
     callback's Fast-AT does its input check (``aminmax``) where the hand loop does not."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "profile_callback.py"),
-            "--method",
-            "fast_at",
-            "--epochs",
-            "1",
-            "--threads",
-            "1",
-            "--rows",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
-        cwd=ROOT / "scripts",
+    out = run_script(
+        "profile_callback.py", "--method", "fast_at", "--epochs", "1", "--threads", "1", "--rows=5"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
     assert "## fast_at: per training step, callback vs hand (cpu, 1 epochs)" in out
     assert out.count(" us wall per step") == 2
     check = [line for line in out.splitlines() if line.startswith("| aten::aminmax |")]
