@@ -18,11 +18,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from advtrain.attacks import PGD
 from advtrain.callbacks import AdversarialTraining, RequeueOnSignal
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, parse_signal
+from advtrain.cli.config import compose
+from advtrain.cli.train import run
 from advtrain.data import DigitsDataModule
 from advtrain.data.base import EpochSeededSampler
 from advtrain.data.resumable import ResumableDataLoader
 from advtrain.lit import AdversarialClassifier
 from advtrain.models import SmallCNN
+
+from .conftest import FAST
 
 EPOCHS = 2
 BATCHES = 10  # 1257 training digits in batches of 128
@@ -149,3 +153,64 @@ def test_requeue_checkpoint_name() -> None:
     handler = RequeueOnSignal("somewhere")
     assert handler.checkpoint_path == Path("somewhere") / REQUEUE_CHECKPOINT
     assert handler.signum == signal.SIGUSR2
+
+
+# -- through advtrain-train: the epoch's end (validation, robust evaluation, checkpoints) -------
+CLI_RUN = [
+    *(o for o in FAST if not o.startswith("trainer.max_epochs")),
+    "trainer.max_epochs=3",
+    "++trainer.limit_val_batches=1",
+    "evaluation.n_examples=24",
+    "evaluation.eps_factors=[0.0,1.0]",
+    "seed=3",
+]
+CLI_BATCHES = 4  # FAST's limit_train_batches
+
+
+def _last_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    path = output_dir / "checkpoints" / "last.ckpt"
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def cli_uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    output_dir = tmp_path_factory.mktemp("cli_full")
+    run(compose(overrides=CLI_RUN, output_dir=str(output_dir)))
+    return _last_weights(output_dir)
+
+
+@pytest.mark.parametrize(
+    ("step", "stopped_at"),
+    [
+        (CLI_BATCHES - 1, CLI_BATCHES + 1),  # the first epoch's last batch: after the next one
+        (3 * CLI_BATCHES - 1, 3 * CLI_BATCHES),  # the last batch of all: at the end of training
+    ],
+)
+def test_a_signal_in_an_epochs_last_batch_resumes_exactly_through_the_cli(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_uninterrupted: dict[str, torch.Tensor],
+    step: int,
+    stopped_at: int,
+) -> None:
+    """A checkpoint at an epoch's last batch would come before its end-of-epoch work and resume
+    elsewhere (it did, in a SLURM test on a loaded machine): the handler waits past it."""
+    # A SLURM job as Lightning detects one, outside any real job (no SLURM_JOB_ID: the handler
+    # checkpoints and exits without `scontrol requeue`).
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "advtrain-test")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(SystemExit, match="requeued"):
+        run(
+            compose(overrides=CLI_RUN, output_dir=str(tmp_path)),
+            extra_callbacks=[SignalAtStep(step, signal.SIGUSR2)],
+        )
+    checkpoint = torch.load(
+        tmp_path / "checkpoints" / REQUEUE_CHECKPOINT, map_location="cpu", weights_only=True
+    )
+    assert checkpoint["global_step"] == stopped_at
+    assert run(compose(overrides=CLI_RUN, output_dir=str(tmp_path))) is not None  # resumed
+    resumed = _last_weights(tmp_path)
+    assert resumed.keys() == cli_uninterrupted.keys()
+    for name, value in cli_uninterrupted.items():
+        assert torch.equal(resumed[name], value), name

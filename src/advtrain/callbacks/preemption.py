@@ -59,6 +59,11 @@ def parse_signal(name: str | int | signal.Signals) -> signal.Signals:
 class RequeueOnSignal(pl.Callback):
     """On ``signum``: checkpoint at the end of the current batch, requeue the SLURM job, exit.
 
+    A signal during an epoch's last batch (or its validation) is acted on after the next
+    epoch's first batch, and one during the last epoch's at the end of training: a checkpoint
+    taken before the end-of-epoch work (validation, epoch-interval LR schedulers, the callbacks'
+    epoch ends) does not resume to the uninterrupted run's weights.
+
     Args:
         dirpath: Folder for the checkpoint (:data:`REQUEUE_CHECKPOINT` inside it).
         signum: The scheduler's warning signal (default ``USR2``, submitit's).
@@ -131,6 +136,28 @@ class RequeueOnSignal(pl.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # The epoch's last batch: its end-of-epoch work (validation, epoch-interval LR
+            # schedulers, the callbacks' epoch ends) has not run yet, and a checkpoint taken here
+            # does not resume to the uninterrupted run's weights. Stop after the next batch, the
+            # next epoch's first, or at the end of training (on_train_end) if this was the last.
+            self._received = True
+            return
+        self._stop(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The signal came during the last epoch's last batch or its validation: training is
+        # complete, and the checkpoint resumes to the evaluation alone.
+        if self.stopped:
+            return
+        received = self._received
+        if trainer.world_size > 1:  # saving is collective: every rank decides the same
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if received:
+            self._stop(trainer)
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        """Writes the checkpoint, then requeues and exits (or stops the fit without requeue)."""
         self.dirpath.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.checkpoint_path)
         self.stopped = True
