@@ -234,6 +234,25 @@ class ThreatModel:
         low, high = self.bounds
         return (x - self.eps).clamp_min_(low), (x + self.eps).clamp_max_(high)
 
+    def ascent_step(
+        self,
+        x_adv: Tensor,
+        grad: Tensor,
+        alpha: float,
+        x: Tensor,
+        limits: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """``x_adv + alpha · ascent_direction(grad)``, projected back around ``x``: one step of
+        PGD-style attacks, without autograd (call it under ``torch.no_grad``).
+
+        With ``limits`` (:meth:`linf_limits` of ``x``, Linf only) the step is three in-place ops
+        that overwrite ``grad`` and the storage of ``x_adv`` (whose graph, if any, must be freed
+        already, as after ``torch.autograd.grad``); otherwise new tensors are made.
+        """
+        if limits is not None:
+            return x_adv.detach().add_(grad.sign_(), alpha=alpha).clamp_(*limits)
+        return self.project(x_adv + alpha * self.ascent_direction(grad), x)
+
     def ascent_direction(self, grad: Tensor, sparsity: float = 0.95) -> Tensor:
         """Steepest-ascent direction of unit norm for this threat model's norm.
 

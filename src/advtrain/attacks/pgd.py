@@ -108,12 +108,8 @@ class PGD(Attack):
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             grad = unscale(grad)
             with torch.no_grad():
-                if limits is not None:
-                    # Linf: x_adv + alpha·sign(grad) clipped to the ball ∩ box, in place (three
-                    # ops; the graph that saved x_adv was freed by autograd.grad).
-                    x_adv = x_adv.detach().add_(grad.sign_(), alpha=alpha).clamp_(*limits)
-                else:
-                    x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
+                # Linf: in place (the graph that saved x_adv was freed by autograd.grad)
+                x_adv = threat.ascent_step(x_adv, grad, alpha, x, limits)
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

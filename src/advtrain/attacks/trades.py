@@ -127,8 +127,5 @@ class TRADESAttack(Attack):
                             dtype=grad.dtype,
                         )
                         grad = torch.where(zero.view(-1, *([1] * (x.dim() - 1))), rand, grad)
-                if limits is not None:  # Linf: step and clip in place (see PGD)
-                    x_adv = x_adv.detach().add_(grad.sign_(), alpha=alpha).clamp_(*limits)
-                else:
-                    x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
+                x_adv = threat.ascent_step(x_adv, grad, alpha, x, limits)  # Linf: in place
         return x_adv.detach()

@@ -115,3 +115,16 @@ def test_clipping_to_the_linf_limits_is_the_linf_projection() -> None:
     assert torch.equal(x.clone().clamp_(lo, hi), x)  # x itself is left where it is
     with pytest.raises(ValueError, match="linf"):
         ThreatModel(norm="l2", eps=0.1).linf_limits(x)
+
+
+def test_the_in_place_linf_ascent_step_is_the_projected_step() -> None:
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(8, 3, 4, 4, generator=gen)
+    threat = ThreatModel(norm="linf", eps=0.1)
+    x_adv = threat.random_start(x, gen)
+    grad = torch.randn(x.shape, generator=gen)
+    expected = threat.ascent_step(x_adv, grad, 0.07, x)  # new tensors
+    assert not torch.equal(expected, x_adv)
+    stepped = threat.ascent_step(x_adv.clone(), grad.clone(), 0.07, x, threat.linf_limits(x))
+    torch.testing.assert_close(stepped, expected, rtol=0, atol=1e-6)
+    assert bool(threat.contains(stepped, x, atol=0).all())
