@@ -366,8 +366,11 @@ def check_input_batch(
         if x_min < low - BOUNDS_TOLERANCE or x_max > high + BOUNDS_TOLERANCE:
             raise ValueError(
                 f"{name} has values in [{x_min:.4g}, {x_max:.4g}] outside bounds ({low}, {high}); "
-                "scale inputs into bounds (e.g. pixels / 255) and put normalisation inside the "
-                "model with advtrain.models.Normalize, or pass the bounds your data really has"
+                "scale inputs into bounds (e.g. pixels / 255). If the data is normalised "
+                "((x - mean) / std), attack the pixels instead: put the normalisation inside the "
+                "model (advtrain.models.Normalize) or pass normalization=(mean, std) to the "
+                "callback. Widening bounds to the normalised range would measure eps in "
+                "normalised units, not pixels"
             )
     return (int(values[2]), int(values[3])) if with_labels else None
 

@@ -96,6 +96,35 @@ def test_multirun_on_slurm_writes_every_report(tmp_path: Path) -> None:
     assert "Bypassing sacct error" not in proc.stderr
 
 
+def test_a_request_no_node_can_run_fails_before_submission(tmp_path: Path) -> None:
+    """SLURM would queue it for ever (PENDING, PartitionConfig); advtrain-train refuses it."""
+    sweep = tmp_path / "multirun"
+    launcher = [o for o in LAUNCHER if "cpus_per_task" not in o]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            _advtrain_train(),
+            "-m",
+            "seed=0,1",
+            *TINY,
+            *launcher,
+            "hydra.launcher.cpus_per_task=1000",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "no job could ever start" in proc.stderr, proc.stderr[-3000:]
+    assert "set hydra.launcher.cpus_per_task=" in proc.stderr
+    assert time.monotonic() - start < 120
+    assert not list(sweep.glob(".submitit/*")), "nothing was submitted"
+    assert not [job for job in _squeue("%j") if "train" in job[0]]
+
+
 PREEMPT = [
     *(o for o in FAST if not o.startswith(("trainer.max_epochs", "++trainer.limit_train"))),
     "trainer.max_epochs=12",

@@ -14,80 +14,55 @@ batch it finds the inputs and targets, generates adversarial examples on the fly
 
 Attack and loss attributes (``eps``, ``alpha``, ``steps``, ``beta``, ``kappa``, ``sigma``…) follow
 :mod:`advtrain.schedules` as functions of training progress and are logged as ``adv/<name>``.
-Random starts are seeded per rank and per step from ``seed``, so a resumed run draws the same
-perturbations at the same step and DDP ranks draw different ones.
+They are logged per epoch too (the value at the epoch's last step), so every logger shows them
+whatever ``log_every_n_steps`` is. Random starts are seeded per rank and per step from ``seed``, so
+a resumed run draws the same perturbations at the same step and DDP ranks draw different ones.
+
+Data normalised in its transforms (``Compose([ToTensor(), Normalize(mean, std)])``) keeps eps in
+pixel units: the callback finds the torchvision ``Normalize`` in the data pipeline (or takes
+``normalization=(mean, std)``), attacks the pixels ``x * std + mean`` in ``bounds`` through a view
+of the module that normalises them, and hands the module normalised adversarial inputs
+(:mod:`advtrain.callbacks.inputs`).
+
+Note: a module's own ``train/acc`` is then its accuracy on adversarial inputs;
+``clean_acc_examples`` adds ``adv/clean_acc``, the accuracy on each batch's first clean inputs.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from advtrain.attacks.base import Attack, model_state_guard
+from advtrain.attacks.base import Attack, check_positive_int, model_state_guard
 from advtrain.callbacks.batch import Key, replace_inputs, split_batch
+from advtrain.callbacks.inputs import (
+    InputSpace,
+    NormalizationArg,
+    warn_if_bounds_look_normalised,
+)
+from advtrain.callbacks.scheduling import (
+    end_progress,
+    resolve_attribute,
+    schedulable_names,
+    step_seed,
+    training_progress,
+)
 from advtrain.callbacks.step_wrapper import unwrap_training_step, wrap_training_step
-from advtrain.schedules.base import Progress, Schedule
+from advtrain.lit.adapter import Callback, MisconfigurationException
+from advtrain.losses.base import TrainingLoss
+from advtrain.models.view import ForwardFn, OutputKey
+from advtrain.normalization import AUTO
+from advtrain.schedules.base import Schedule
 from advtrain.threat import ThreatModel
 
-
-def training_progress(trainer: pl.Trainer, batch_idx: int) -> Progress:
-    """The current :class:`Progress` of ``trainer`` at ``batch_idx`` of the running epoch."""
-    n_batches = trainer.num_training_batches
-    if not isinstance(n_batches, (int, float)) or n_batches in (0, float("inf")):
-        n_batches = max(batch_idx + 1, 1)
-    epoch = trainer.current_epoch + batch_idx / n_batches
-    if trainer.max_epochs is not None and trainer.max_epochs > 0:
-        fraction = epoch / trainer.max_epochs
-    elif trainer.max_steps and trainer.max_steps > 0:
-        fraction = trainer.global_step / trainer.max_steps
-    else:
-        fraction = 0.0
-    return Progress(step=trainer.global_step, epoch=epoch, fraction=min(max(fraction, 0.0), 1.0))
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
 
 
-def step_seed(seed: int, rank: int, step: int, batch_idx: int) -> int:
-    """A 63-bit seed unique to ``(seed, rank, step, batch)``; independent streams per rank."""
-    digest = hashlib.blake2b(f"{seed}:{rank}:{step}:{batch_idx}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little") >> 1
-
-
-def _resolve_attribute(target: Any, name: str) -> tuple[Any, str]:
-    """Finds the object that owns attribute ``name`` (dotted paths allowed).
-
-    A bare name missing on ``target`` is looked up on ``target.attack`` (a loss wrapper's inner
-    attack), so ``{"eps": ...}`` drives TRADES's inner attack.
-    """
-    parts = name.split(".")
-    obj = target
-    for part in parts[:-1]:
-        obj = getattr(obj, part)
-    attr = parts[-1]
-    if not hasattr(obj, attr) and len(parts) == 1 and hasattr(obj, "attack"):
-        obj = obj.attack
-    if not hasattr(obj, attr):
-        raise AttributeError(attr)
-    return obj, attr
-
-
-def _schedulable_names(target: Any) -> list[str]:
-    names = {
-        n
-        for n in dir(target)
-        if not n.startswith("_") and isinstance(getattr(target, n, None), (int, float))
-    }
-    inner = getattr(target, "attack", None)
-    if isinstance(inner, Attack):
-        names |= {f"attack.{n}" for n in _schedulable_names(inner)}
-    return sorted(n for n in names if not isinstance(getattr(target, n, None), bool))
-
-
-class AdversarialTraining(pl.Callback):
+class AdversarialTraining(Callback):
     """Adversarial training for an unmodified LightningModule, generated on the fly per batch.
 
     Example:
@@ -101,7 +76,8 @@ class AdversarialTraining(pl.Callback):
             adversarial inputs (PGD-AT, Fast-AT with ``FGSM(random_start=True)``).
         loss: Instead of ``attack``, a loss wrapper ``loss(module, x, y) -> (loss, logs)`` that
             replaces the module's training loss (TRADES, MART, IBP, Gaussian noise…). Requires
-            the module's ``forward`` to return logits of shape ``(batch, classes)``.
+            the module's ``forward`` to return logits of shape ``(batch, classes)`` (or
+            ``output_key``/``forward_fn`` to say where they are).
         schedules: Attribute name → :class:`~advtrain.schedules.Schedule`, applied to the attack
             (or the loss wrapper; a bare name missing there is looked up on its ``attack``).
         fraction: Fraction of each batch replaced by adversarial examples, in (0, 1]
@@ -111,18 +87,32 @@ class AdversarialTraining(pl.Callback):
         seed: Seed of the attack's random starts; ``None`` takes torch's initial seed at ``fit``
             (what ``seed_everything`` set). Each rank and step gets its own stream.
         log_prefix: Prefix of the logged scheduled values and loss logs.
+        normalization: The normalisation the data applies: ``"auto"`` (default: a torchvision
+            ``Normalize`` found in the training dataset's or the data module's transforms, else
+            none), ``None`` (inputs are pixels in ``bounds``), or ``(mean, std)`` per channel.
+            eps, alpha and the attack's ``bounds`` stay in pixel units.
+        output_key: Where the logits are when ``forward`` returns a dict (a key) or a tuple (an
+            index).
+        forward_fn: ``forward_fn(module, x) -> logits``, for a module whose logits come from
+            another call than ``module(x)``.
+        clean_acc_examples: Log ``adv/clean_acc``, the accuracy on the first k clean inputs of
+            each batch (one extra forward pass of k examples per step; 0 = off).
     """
 
     def __init__(
         self,
         attack: Attack | None = None,
-        loss: Any = None,
+        loss: TrainingLoss | None = None,
         schedules: Mapping[str, Schedule] | None = None,
         fraction: float = 1.0,
         input_key: Key = 0,
         target_key: Key = 1,
         seed: int | None = None,
         log_prefix: str = "adv/",
+        normalization: NormalizationArg = AUTO,
+        output_key: OutputKey | None = None,
+        forward_fn: ForwardFn | None = None,
+        clean_acc_examples: int = 0,
     ) -> None:
         super().__init__()
         if (attack is None) == (loss is None):
@@ -141,10 +131,9 @@ class AdversarialTraining(pl.Callback):
             )
         try:
             fraction = float(fraction)
-        except (TypeError, ValueError):
-            raise MisconfigurationException(
-                f"fraction must be a number, got {fraction!r}"
-            ) from None
+            clean_acc_examples = check_positive_int(clean_acc_examples, "clean_acc_examples", 0)
+        except (TypeError, ValueError) as err:
+            raise MisconfigurationException(f"AdversarialTraining: {err}") from None
         if not 0.0 < fraction <= 1.0:
             raise MisconfigurationException(f"fraction must lie in (0, 1], got {fraction}")
         if loss is not None and fraction != 1.0:
@@ -157,6 +146,8 @@ class AdversarialTraining(pl.Callback):
         self.target_key = target_key
         self.seed = seed
         self.log_prefix = log_prefix
+        self.clean_acc_examples = clean_acc_examples
+        self.space = InputSpace("AdversarialTraining", normalization, output_key, forward_fn)
         self.schedules: dict[str, Schedule] = {}
         for name, schedule in dict(schedules or {}).items():
             if not isinstance(schedule, Schedule):
@@ -165,41 +156,67 @@ class AdversarialTraining(pl.Callback):
                     f"{type(schedule).__name__}"
                 )
             try:
-                _resolve_attribute(self.target, str(name))
+                resolve_attribute(self.target, str(name))
             except AttributeError:
                 raise MisconfigurationException(
                     f"schedules names {name!r}, which {type(self.target).__name__} does not have; "
-                    f"schedulable attributes: {_schedulable_names(self.target)}"
+                    f"schedulable attributes: {schedulable_names(self.target)}"
                 ) from None
             self.schedules[str(name)] = schedule
         self._original_step: Any = None
-        self._module: pl.LightningModule | None = None
+        self._module: LightningModule | None = None
         self._checked_output = False
         self._seed_value = 0
-        self._epoch_logs: dict[str, list[Any]] = {}  # the loss wrapper's logs of this epoch
+        self._values: dict[str, float] = {}  # the scheduled values of the last step
+        self._epoch_logs: dict[str, list[Any]] = {}  # logs of this epoch, reduced at its end
+        self._restored_normalization: Any = None
+
+    @property
+    def normalization(self) -> Any:
+        """The normalisation in use this ``fit`` (``None``: the inputs are pixels)."""
+        return self.space.normalization
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self._seed_value = int(self.seed) if self.seed is not None else torch.initial_seed()
         self._original_step = wrap_training_step(pl_module, self._training_step)
         self._module = pl_module
+        self._checked_output = False
+        threat = self.final_threat()
+        if threat is not None:
+            warn_if_bounds_look_normalised("AdversarialTraining", threat.bounds)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        found = self.space.resolve(trainer, "train")
+        described = self.space.describe()
+        restored, self._restored_normalization = self._restored_normalization, None
+        if restored is not None and restored["value"] != described:
+            raise MisconfigurationException(
+                "AdversarialTraining: the checkpoint was trained with normalization "
+                f"{restored['value']} "
+                f"but this run's data is normalised as {described}; resume on the same data "
+                "pipeline or declare normalization= as before"
+            )
+        if found is not None:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"advtrain/normalization": described})
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and self._original_step is not None:
             unwrap_training_step(pl_module)
             self._original_step = None
             self._module = None
 
     # -- per batch ------------------------------------------------------------------------------
-    def _apply_schedules(self, trainer: pl.Trainer, batch_idx: int) -> dict[str, float]:
+    def _apply_schedules(self, trainer: Trainer, batch_idx: int) -> dict[str, float]:
         values: dict[str, float] = {}
         if not self.schedules:
             return values
         progress = training_progress(trainer, batch_idx)
         for name, schedule in self.schedules.items():
-            owner, attr = _resolve_attribute(self.target, name)
+            owner, attr = resolve_attribute(self.target, name)
             value = schedule(progress)
             current = getattr(owner, attr)
             if isinstance(current, int) and not isinstance(current, bool):
@@ -208,7 +225,7 @@ class AdversarialTraining(pl.Callback):
             values[name] = float(value)
         return values
 
-    def _reseed(self, trainer: pl.Trainer, batch_idx: int) -> int:
+    def _reseed(self, trainer: Trainer, batch_idx: int) -> int:
         """Reseeds the attack (and a loss wrapper) for this step; returns the step's seed."""
         seed = step_seed(self._seed_value, trainer.global_rank, trainer.global_step, batch_idx)
         for obj in (self.target, getattr(self.target, "attack", None)):
@@ -218,19 +235,21 @@ class AdversarialTraining(pl.Callback):
             self.target.reseed(seed)
         return seed
 
-    def _check_output(self, module: pl.LightningModule, x: Tensor) -> None:
-        if self._checked_output:
-            return
-        with torch.no_grad(), model_state_guard(module, "eval"):
-            out = module(x[:2])
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != min(2, x.shape[0]):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise MisconfigurationException(
-                f"AdversarialTraining needs the module's forward to return logits of shape "
-                f"(batch, classes); it returned {shape}. Make forward(x) return the classifier's "
-                "logits (and keep any other outputs out of forward)"
-            )
-        self._checked_output = True
+    def _keep(self, name: str, value: Any) -> None:
+        """Keeps a per-step log value for the epoch's mean (one ``log`` call per epoch)."""
+        if isinstance(value, Tensor) and value.requires_grad:
+            value = value.detach()
+        self._epoch_logs.setdefault(name, []).append(value)
+
+    def _run(self, fn: Any, x: Tensor, *args: Any) -> Any:
+        """``fn(*args)`` (an attack or loss call), its input complaints explained."""
+        try:
+            return fn(*args)
+        except ValueError as err:
+            if "outside bounds" not in str(err):
+                raise
+            bounds = self.final_threat().bounds if self.final_threat() else (0.0, 1.0)
+            raise self.space.explain(err, x, bounds) from None
 
     def _training_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
         module = self._module
@@ -239,43 +258,51 @@ class AdversarialTraining(pl.Callback):
         x, y = split_batch(batch, self.input_key, self.target_key)
         values = self._apply_schedules(trainer, batch_idx)
         seed = self._reseed(trainer, batch_idx)
-        self._check_output(module, x)
+        view = self.space.view(module)
+        x_pix = self.space.to_pixels(x)
+        if not self._checked_output:
+            self.space.check_classifier(module, x_pix, y)
+            self._checked_output = True
         # Lightning's log() costs about as much as a small model's forward pass, so scheduled
         # values are logged at the logger's own cadence (every log_every_n_steps), where the
-        # logger records them anyway, and at the first batch of each epoch.
+        # logger records them anyway, and at the first batch of each epoch; the epoch's end logs
+        # the last value again at epoch level.
+        self._values = values
         if batch_idx == 0 or trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
             for name, value in values.items():
                 module.log(self.log_prefix + name, value, on_step=True, on_epoch=False)
         if self.loss is not None:
-            loss, logs = self.loss(module, x, y)
-            # Accumulated here and logged once per epoch (their mean over the epoch's batches):
-            # a log() call per value and step would cost more than the loss itself on small models.
+            loss, logs = self._run(self.loss, x, view, x_pix, y)
             for name, value in (logs or {}).items():
-                if name in values:  # a scheduled value, already logged per step above
-                    continue
-                if isinstance(value, Tensor) and value.requires_grad:
-                    value = value.detach()
-                self._epoch_logs.setdefault(name, []).append(value)  # reduced at the epoch's end
+                if name not in values:  # scheduled values are logged above
+                    self._keep(name, value)
             return loss
+        if self.clean_acc_examples:
+            k = min(self.clean_acc_examples, x_pix.shape[0])
+            with torch.no_grad(), model_state_guard(view, "eval"):
+                correct = view(x_pix[:k]).argmax(dim=1) == y[:k]
+            self._keep("clean_acc", correct.float().mean())
         if self.fraction < 1.0:
             k = max(1, round(self.fraction * x.shape[0]))
             gen = torch.Generator().manual_seed(seed)  # which examples: the step's own stream
             idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
-            x_new = x.clone()
-            x_new[idx] = self.attack(module, x[idx], y[idx])  # type: ignore[misc]
+            x_adv = x_pix.clone()
+            x_adv[idx] = self._run(self.attack, x, view, x_pix[idx], y[idx])
         else:
-            x_new = self.attack(module, x, y)  # type: ignore[misc]
+            x_adv = self._run(self.attack, x, view, x_pix, y)
+        x_new = self.space.to_inputs(x_adv)
         return self._original_step(
             replace_inputs(batch, self.input_key, x_new), batch_idx, *args, **kwargs
         )
 
-    def final_threat(self, trainer: pl.Trainer | None = None) -> ThreatModel | None:
+    def final_threat(self, trainer: Trainer | None = None) -> ThreatModel | None:
         """The threat model training ends at: the scheduled ``eps`` at the end of the run.
 
         Looked up on the attack, a loss wrapper's inner ``attack``, or a loss wrapper with its own
         ``eps``/``norm``/``bounds`` (IBP, CROWN-IBP); a certified-training loss that trains at a
         larger radius (``eps_train_factor``, e.g. 1.1) reports the test radius. Returns ``None``
-        when none of them has a threat model (e.g. Gaussian-noise training).
+        when none of them has a threat model (e.g. Gaussian-noise training). In pixel units
+        (normalised data is attacked in pixels).
         """
         threat = getattr(self.target, "threat", None)
         if threat is None:
@@ -289,20 +316,17 @@ class AdversarialTraining(pl.Callback):
         eps = threat.eps
         for name, schedule in self.schedules.items():
             if name.split(".")[-1] == "eps":
-                end = Progress(fraction=1.0)
-                if trainer is not None:
-                    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0
-                    if not steps:
-                        try:
-                            steps = int(trainer.estimated_stepping_batches)
-                        except Exception:
-                            steps = 0
-                    end = Progress(step=steps, epoch=float(trainer.max_epochs or 0), fraction=1.0)
-                eps = schedule.value_at(end.in_unit(schedule.unit))
+                eps = schedule.value_at(end_progress(trainer).in_unit(schedule.unit))
         eps /= float(getattr(self.target, "eps_train_factor", 1.0) or 1.0)
         return ThreatModel(norm=threat.norm, eps=eps, bounds=threat.bounds)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every scheduled value once per epoch (the value of the epoch's last step), so it shows
+        # in every logger whatever log_every_n_steps is; the loss logs as their epoch mean.
+        for name, value in self._values.items():
+            pl_module.log(
+                self.log_prefix + name, value, on_step=False, on_epoch=True, sync_dist=True
+            )
         for name, values in self._epoch_logs.items():
             mean = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).mean()
             pl_module.log(
@@ -315,6 +339,7 @@ class AdversarialTraining(pl.Callback):
         return {
             "schedules": {name: s.state_dict() for name, s in self.schedules.items()},
             "seed": self._seed_value,
+            "normalization": self.space.describe(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -332,3 +357,5 @@ class AdversarialTraining(pl.Callback):
         if self.seed is None and "seed" in state_dict:
             # setup() ran before this restore; keep the original run's seed stream.
             self._seed_value = int(state_dict["seed"])
+        if "normalization" in state_dict:  # checked against this run's data at on_train_start
+            self._restored_normalization = {"value": state_dict["normalization"]}

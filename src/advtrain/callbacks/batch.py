@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor
+
+from advtrain.lit.adapter import MisconfigurationException
 
 Key = int | str
 

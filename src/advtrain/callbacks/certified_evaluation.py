@@ -8,13 +8,21 @@ keeps the most verifiably robust checkpoint.
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from torch import Tensor, nn
+
+from advtrain.attacks.base import model_state_guard
 from advtrain.callbacks.batch import Key
+from advtrain.callbacks.inputs import NormalizationArg
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
 from advtrain.certify.certificates import BOUND_METHODS, BoundCertificate
+from advtrain.lit.adapter import MisconfigurationException
+from advtrain.normalization import AUTO
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
 
 
 class CertifiedEvaluation(SubsetEvaluation):
@@ -31,6 +39,9 @@ class CertifiedEvaluation(SubsetEvaluation):
         monitor: Name of the logged metric.
         input_key: Where the inputs are in a batch.
         target_key: Where the labels are.
+        normalization: ``"auto"`` (found in the validation data pipeline, else the training
+            callback's), ``None`` (inputs are pixels) or ``(mean, std)``; eps in pixel units
+            (the normalisation is bounded exactly, as an affine layer).
     """
 
     def __init__(
@@ -44,8 +55,16 @@ class CertifiedEvaluation(SubsetEvaluation):
         monitor: str = "val/verified_acc",
         input_key: Key = 0,
         target_key: Key = 1,
+        normalization: NormalizationArg = AUTO,
     ) -> None:
-        super().__init__(every_n_epochs, n_examples, monitor, input_key, target_key)
+        super().__init__(
+            every_n_epochs,
+            n_examples,
+            monitor,
+            input_key,
+            target_key,
+            normalization=normalization,
+        )
         if method not in BOUND_METHODS:
             raise MisconfigurationException(
                 f"method must be one of {list(BOUND_METHODS)}, got {method!r}"
@@ -56,7 +75,7 @@ class CertifiedEvaluation(SubsetEvaluation):
         self.bounds = bounds
         self.certificate: BoundCertificate | None = None
 
-    def _build(self, trainer: pl.Trainer) -> BoundCertificate:
+    def _build(self, trainer: Trainer) -> BoundCertificate:
         if self.certificate is None:
             threat = training_threat(trainer)
             eps = self.eps if self.eps is not None else (threat.eps if threat else None)
@@ -72,16 +91,13 @@ class CertifiedEvaluation(SubsetEvaluation):
             )
         return self.certificate
 
-    def start(self, trainer: pl.Trainer) -> None:
+    def start(self, trainer: Trainer) -> None:
         self._build(trainer)
 
-    def passes(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor, y: Tensor
-    ) -> Tensor:
+    def threat_bounds(self) -> tuple[float, float]:
+        return tuple(self.bounds) if self.bounds is not None else (0.0, 1.0)  # type: ignore[return-value]
+
+    def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Every margin lower bound positive at ``eps`` (the model bounded in eval mode)."""
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            return self._build(trainer).verified(pl_module, x, y).to(x.device)
-        finally:
-            pl_module.train(was_training)
+        with model_state_guard(model, "eval"):
+            return self._build(trainer).verified(model, x, y).to(x.device)

@@ -44,74 +44,89 @@ updated in ``on_train_batch_end``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loops.optimization.automatic import ClosureResult
-from pytorch_lightning.profilers import PassThroughProfiler
-from pytorch_lightning.trainer import call
-from pytorch_lightning.utilities import CombinedLoader
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.model_helpers import is_overridden
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from lightning_utilities.core.rank_zero import rank_zero_info
 from torch import Tensor
 
 from advtrain.attacks.base import check_positive_int
 from advtrain.callbacks.batch import Key, replace_inputs, split_batch
+from advtrain.callbacks.inputs import (
+    InputSpace,
+    NormalizationArg,
+    warn_if_bounds_look_normalised,
+)
 from advtrain.callbacks.step_wrapper import (
     check_not_wrapped,
     unwrap_training_step,
     wrap_training_step,
 )
+from advtrain.lit import adapter
+from advtrain.lit.adapter import Callback, MisconfigurationException
+from advtrain.normalization import AUTO
 from advtrain.threat import ThreatModel, check_input_batch
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
 
 FREE_NORMS: tuple[str, ...] = ("linf", "l2")
 
 
-class ReplayLoader(CombinedLoader):
-    """A :class:`~pytorch_lightning.utilities.CombinedLoader` that yields every batch ``replays``
-    times in a row.
+class ReplayLoader:
+    """Yields every batch of a Lightning ``CombinedLoader`` ``replays`` times in a row.
 
     Lightning still sees (and prepares: distributed sampler, worker seeding, epoch setting) the
     user's own loaders, which this object combines exactly as a plain ``CombinedLoader`` would;
     only the iteration repeats each combined batch. ``limit_train_batches`` therefore counts
     distinct minibatches, and the number of steps of an epoch is ``replays`` times that.
+
+    A mixin: :meth:`wrap` combines it with the ``CombinedLoader`` of the Trainer's Lightning
+    package (the fit loop recognises its own class with ``isinstance``).
     """
 
+    _classes: ClassVar[dict[type, type]] = {}
+
     def __init__(self, iterables: Any, replays: int, mode: str = "max_size_cycle") -> None:
-        super().__init__(iterables, mode)  # type: ignore[arg-type]
+        super().__init__(iterables, mode)  # type: ignore[call-arg]
         self.replays = check_positive_int(replays, "replays")
         self._current: Any = None
         self._left = 0
 
     @classmethod
-    def wrap(cls, loader: Any, replays: int) -> ReplayLoader:
-        """Wraps what a ``train_dataloader`` returned (a loader, a collection, a CombinedLoader)."""
+    def wrap(cls, loader: Any, replays: int, trainer: Trainer) -> Any:
+        """Wraps what a ``train_dataloader`` returned (a loader, a collection, a CombinedLoader)
+        for ``trainer``."""
         if isinstance(loader, ReplayLoader):
             return loader
-        if isinstance(loader, CombinedLoader):
-            return cls(loader.iterables, replays, getattr(loader, "_mode", "max_size_cycle"))
-        return cls(loader, replays)
+        combined = adapter.combined_loader_class(trainer)
+        replay_class = cls._classes.get(combined)
+        if replay_class is None:
+            replay_class = type("ReplayLoader", (cls, combined), {"__module__": __name__})
+            cls._classes[combined] = replay_class
+        if isinstance(loader, combined):
+            return replay_class(loader.iterables, replays, adapter.combined_loader_mode(loader))
+        return replay_class(loader, replays)
 
     def __iter__(self) -> ReplayLoader:
-        super().__iter__()
+        super().__iter__()  # type: ignore[misc]
         self._current = None
         self._left = 0
         return self
 
     def __next__(self) -> Any:
         if self._left == 0:
-            self._current = super().__next__()
+            self._current = super().__next__()  # type: ignore[misc]
             self._left = self.replays
         self._left -= 1
         return self._current
 
     def __len__(self) -> int:
-        return super().__len__() * self.replays
+        return super().__len__() * self.replays  # type: ignore[misc, no-any-return]
 
 
-class FreeAdversarialTraining(pl.Callback):
+class FreeAdversarialTraining(Callback):
     """Free adversarial training ("Adversarial Training for Free!", Shafahi et al., NeurIPS 2019).
 
     Works with an unmodified LightningModule whose ``training_step`` computes its loss from the
@@ -121,7 +136,7 @@ class FreeAdversarialTraining(pl.Callback):
 
     Example:
         >>> cb = FreeAdversarialTraining(eps=8 / 255, replays=8)  # the paper's CIFAR-10 setting
-        >>> # pl.Trainer(max_epochs=205 // 8, callbacks=[cb]).fit(module, datamodule)
+        >>> # Trainer(max_epochs=205 // 8, callbacks=[cb]).fit(module, datamodule)
 
     Args:
         eps: Radius of the perturbation ball, in input units (paper: 8/255 on CIFAR-10).
@@ -137,6 +152,10 @@ class FreeAdversarialTraining(pl.Callback):
         divide_max_epochs: Divide the Trainer's ``max_epochs`` by ``replays`` (rounded up) at the
             start of ``fit``, so a configuration written for natural or PGD training keeps its
             budget of gradient steps. Off by default: pass ``max_epochs = budget / m`` yourself.
+        normalization: The normalisation the data applies: ``"auto"`` (default: a torchvision
+            ``Normalize`` found in the data pipeline, else none), ``None`` (inputs are pixels),
+            or ``(mean, std)``; ``delta``, ``eps`` and ``bounds`` are in pixel units and the
+            module's step receives normalised inputs.
         replay_in_step: Run the ``m`` replays of a minibatch inside one Lightning step (see the
             module docstring): the same optimizer steps and perturbation updates, without
             Lightning's per-step loop ``m`` times per minibatch; ``global_step`` then counts
@@ -160,8 +179,10 @@ class FreeAdversarialTraining(pl.Callback):
         target_key: Key = 1,
         divide_max_epochs: bool = False,
         replay_in_step: bool | None = None,
+        normalization: NormalizationArg = AUTO,
     ) -> None:
         super().__init__()
+        self.space = InputSpace("FreeAdversarialTraining", normalization)
         try:
             if isinstance(norm, str) and norm.lower() not in FREE_NORMS:
                 raise ValueError(f"norm must be one of {list(FREE_NORMS)}, got {norm!r}")
@@ -185,7 +206,7 @@ class FreeAdversarialTraining(pl.Callback):
         self._delta: Tensor | None = None
         self._x_adv: Tensor | None = None
         self._original_step: Any = None
-        self._module: pl.LightningModule | None = None
+        self._module: LightningModule | None = None
         self._source: Any = None
         self._checked_inputs = False
         self._divided: tuple[int, int] | None = None  # (id(trainer), max_epochs after division)
@@ -210,17 +231,18 @@ class FreeAdversarialTraining(pl.Callback):
         """The carried perturbation (a copy), ``None`` before the first step."""
         return None if self._delta is None else self._delta.detach().clone()
 
-    def final_threat(self, trainer: pl.Trainer | None = None) -> ThreatModel:
+    def final_threat(self, trainer: Trainer | None = None) -> ThreatModel:
         """The threat model trained against (for evaluation callbacks)."""
         return self.threat
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         check_not_wrapped(pl_module)  # before the data source is patched
-        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-        if source is None or not callable(getattr(source, "dataloader", None)):
+        warn_if_bounds_look_normalised("FreeAdversarialTraining", self.threat.bounds)
+        source = adapter.training_data_source(trainer)
+        if source is None:
             raise MisconfigurationException(
                 "FreeAdversarialTraining could not find the Trainer's training data source; "
                 "this version of Lightning is not supported"
@@ -242,7 +264,7 @@ class FreeAdversarialTraining(pl.Callback):
             original_dataloader = source.dataloader
 
             def dataloader() -> Any:
-                return ReplayLoader.wrap(original_dataloader(), replays)
+                return ReplayLoader.wrap(original_dataloader(), replays, trainer)
 
             source.dataloader = dataloader
             self._source = source
@@ -277,7 +299,7 @@ class FreeAdversarialTraining(pl.Callback):
             self._divide_max_epochs(trainer)
 
     @staticmethod
-    def _check_in_step(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check_in_step(trainer: Trainer, pl_module: LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise MisconfigurationException(
                 "FreeAdversarialTraining(replay_in_step=True) replays inside Lightning's automatic "
@@ -290,7 +312,7 @@ class FreeAdversarialTraining(pl.Callback):
                 "optimizer only at accumulation boundaries): use replay_in_step=False"
             )
 
-    def _divide_max_epochs(self, trainer: pl.Trainer) -> None:
+    def _divide_max_epochs(self, trainer: Trainer) -> None:
         current = trainer.fit_loop.max_epochs
         if current is None or current <= 0:
             return
@@ -304,7 +326,7 @@ class FreeAdversarialTraining(pl.Callback):
             f"{self.replays} times)"
         )
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         if self._original_step is not None:
@@ -337,11 +359,16 @@ class FreeAdversarialTraining(pl.Callback):
 
     def _training_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
         assert self._module is not None and self._original_step is not None
-        x, _ = split_batch(batch, self.input_key, self.target_key)
+        x_raw, _ = split_batch(batch, self.input_key, self.target_key)
+        x = self.space.to_pixels(x_raw)
         if not self._checked_inputs:
             try:
                 check_input_batch(x, self.threat.bounds)
-            except (TypeError, ValueError) as err:
+            except ValueError as err:
+                if "outside bounds" in str(err):
+                    raise self.space.explain(err, x_raw, self.threat.bounds) from None
+                raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
+            except TypeError as err:
                 raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
             self._checked_inputs = True
         # No autograd graph is built here (neither the inputs nor delta require grad). delta is
@@ -353,30 +380,35 @@ class FreeAdversarialTraining(pl.Callback):
             x = x.detach()
         low, high = self.threat.bounds
         x_adv = torch.add(x, delta).clamp_(low, high).requires_grad_(True)
-        self._x_adv = x_adv
+        self._x_adv = x_adv  # the pixels: its gradient after backward updates delta
         return self._original_step(
-            replace_inputs(batch, self.input_key, x_adv), batch_idx, *args, **kwargs
+            replace_inputs(batch, self.input_key, self.space.to_inputs(x_adv)),
+            batch_idx,
+            *args,
+            **kwargs,
         )
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.space.resolve(trainer, "train")
+        self._checked_inputs = False
         # which zero-grad hooks do something (the replay closure skips dispatching the others)
         callbacks = any(
-            is_overridden("on_before_zero_grad", cb, pl.Callback) for cb in trainer.callbacks
+            adapter.is_overridden("on_before_zero_grad", cb, "Callback") for cb in trainer.callbacks
         )
-        module = is_overridden("on_before_zero_grad", pl_module, pl.LightningModule)
+        module = adapter.is_overridden("on_before_zero_grad", pl_module, "LightningModule")
         self._zero_grad_hooks = (
             callbacks or module,
-            is_overridden("optimizer_zero_grad", pl_module, pl.LightningModule),
+            adapter.is_overridden("optimizer_zero_grad", pl_module, "LightningModule"),
         )
 
     def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._in_step:
             self._step_args = (batch, batch_idx)
 
     def _replay_closure(
-        self, trainer: pl.Trainer, epoch: int, batch_idx: int, optimizer: Any
+        self, trainer: Trainer, epoch: int, batch_idx: int, optimizer: Any
     ) -> Any:
         """The closure of the replays before a minibatch's last (see the module docstring), or
         ``None`` where Lightning's own closure must run them (a profiler is on)."""
@@ -384,20 +416,16 @@ class FreeAdversarialTraining(pl.Callback):
         module = self._module
         if step_args is None or module is None:
             return None
-        if not isinstance(trainer.profiler, PassThroughProfiler):
+        if adapter.profiler_active(trainer):
             return None
         strategy = trainer.strategy
         before_zero_grad, own_zero_grad = self._zero_grad_hooks
 
         def replay() -> Tensor | None:
             with torch.enable_grad():
-                previous = module._current_fx_name
-                module._current_fx_name = "training_step"  # self.log in the step is recorded
-                try:
+                with adapter.hook_context(module, "training_step"):  # self.log is recorded
                     output = strategy.training_step(*step_args)
-                finally:
-                    module._current_fx_name = previous
-                result = ClosureResult.from_training_step_output(output)
+                result = adapter.closure_result(trainer, output)
                 if result.closure_loss is None and trainer.world_size > 1:
                     raise RuntimeError(
                         "Skipping the `training_step` by returning None in distributed training "
@@ -405,10 +433,10 @@ class FreeAdversarialTraining(pl.Callback):
                     )
                 # as Lightning's closure: zero_grad even for a skipped step, then backward
                 if before_zero_grad:
-                    call._call_callback_hooks(trainer, "on_before_zero_grad", optimizer)
-                    call._call_lightning_module_hook(trainer, "on_before_zero_grad", optimizer)
+                    adapter.call_callback_hooks(trainer, "on_before_zero_grad", optimizer)
+                    adapter.call_module_hook(trainer, "on_before_zero_grad", optimizer)
                 if own_zero_grad:
-                    call._call_lightning_module_hook(
+                    adapter.call_module_hook(
                         trainer, "optimizer_zero_grad", epoch, batch_idx, optimizer
                     )
                 else:
@@ -421,8 +449,8 @@ class FreeAdversarialTraining(pl.Callback):
 
     def on_train_batch_end(
         self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        trainer: Trainer,
+        pl_module: LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -433,7 +461,7 @@ class FreeAdversarialTraining(pl.Callback):
         self._x_adv = None
         self._step_args = None
 
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._in_step:  # one backward per replay, inside the Lightning step
             self._update_delta(skipped=False)
 

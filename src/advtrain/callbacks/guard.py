@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sized
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from advtrain.attacks.base import Attack, check_positive_int, model_state_guard
 from advtrain.attacks.pgd import PGD
 from advtrain.callbacks.batch import Key, split_batch
 from advtrain.callbacks.subset_evaluation import find_training_callback
+from advtrain.lit.adapter import Callback, MisconfigurationException
 from advtrain.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
 
 Action = Literal["restore_and_stop", "restore_and_reduce_alpha"]
 ACTIONS: tuple[str, ...] = ("restore_and_stop", "restore_and_reduce_alpha")
@@ -46,7 +49,7 @@ def _optional_count(value: int | None, name: str) -> int | None:
     return None if value is None else check_positive_int(value, name)
 
 
-class CatastrophicOverfittingGuard(pl.Callback):
+class CatastrophicOverfittingGuard(Callback):
     """Restores the last good weights when PGD accuracy on training data collapses.
 
     Wong et al., "Fast is better than free: Revisiting adversarial training", ICLR 2020: a PGD
@@ -176,7 +179,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
             self.target_key if self.target_key is not None else 1,
         )
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         training = find_training_callback(trainer)
@@ -217,14 +220,14 @@ class CatastrophicOverfittingGuard(pl.Callback):
             )
         return attack
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._alpha_target is not None and self._alpha is not None:
             self._alpha_target.alpha = self._alpha  # type: ignore[attr-defined]
         if self._examples is None:
             self._examples = self._examples_from_dataset(trainer)
             self._from_batches = self._examples is None
 
-    def _examples_from_dataset(self, trainer: pl.Trainer) -> tuple[Tensor, Tensor] | None:
+    def _examples_from_dataset(self, trainer: Trainer) -> tuple[Tensor, Tensor] | None:
         """``n_examples`` seeded training examples collated like a batch, or ``None``."""
         loader = trainer.train_dataloader
         dataset = getattr(loader, "dataset", None)
@@ -245,7 +248,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
         return x.detach().cpu().clone(), y.detach().cpu().clone()
 
     def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if not self._from_batches:
             return
@@ -265,13 +268,13 @@ class CatastrophicOverfittingGuard(pl.Callback):
         self._examples = (x, y)
 
     # -- checks ---------------------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._triggered_this_epoch = False
 
     def on_train_batch_end(
         self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        trainer: Trainer,
+        pl_module: LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -289,7 +292,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
         if isinstance(n_batches, int) and batch_idx + 1 >= n_batches:
             self._epoch_check(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_check(trainer, pl_module)  # loaders of unknown length; no-op otherwise
         if self.history and self.history[-1]["epoch"] == trainer.current_epoch:
             pl_module.log(
@@ -300,7 +303,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
                 reduce_fx="max",
             )
 
-    def _epoch_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _epoch_check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         if self.every_n_epochs is None or epoch == self._last_epoch_checked:
             return
@@ -311,7 +314,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
             return  # a step check just measured these very weights
         self._check(trainer, pl_module)
 
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+    def measure(self, trainer: Trainer, pl_module: LightningModule) -> float | None:
         """PGD accuracy on the fixed examples, summed over ranks; ``None`` before any exist."""
         device = pl_module.device
         correct = torch.zeros((), device=device)
@@ -324,12 +327,17 @@ class CatastrophicOverfittingGuard(pl.Callback):
             attack = self.attack
             assert attack is not None
             attack.reseed(self.seed + (trainer.global_rank if self._from_batches else 0))
+            # the training callback's view: pixels when the data is normalised, its logits
+            space = getattr(find_training_callback(trainer), "space", None)
+            model = pl_module if space is None else space.view(pl_module)
             for i in range(0, x_all.shape[0], 256):
                 x = x_all[i : i + 256].to(device)
                 y = y_all[i : i + 256].to(device)
-                x_adv = attack(pl_module, x, y)
-                with torch.no_grad(), model_state_guard(pl_module, "eval"):
-                    pred = pl_module(x_adv).argmax(dim=1)
+                if space is not None:
+                    x = space.to_pixels(x)
+                x_adv = attack(model, x, y)
+                with torch.no_grad(), model_state_guard(model, "eval"):
+                    pred = model(x_adv).argmax(dim=1)
                 correct = correct + (pred == y).sum()
                 total = total + y.numel()
         correct = trainer.strategy.reduce(correct.float(), reduce_op="sum")
@@ -338,7 +346,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
             return None
         return float(correct) / float(total)
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         acc = self.measure(trainer, pl_module)
         if acc is None:
             return
@@ -368,7 +376,7 @@ class CatastrophicOverfittingGuard(pl.Callback):
         self._best = acc if self._best is None else max(self._best, acc)
 
     def _trigger(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, acc: float, ref: float
+        self, trainer: Trainer, pl_module: LightningModule, acc: float, ref: float
     ) -> None:
         assert self._good is not None
         self.n_triggers += 1

@@ -26,9 +26,14 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
+from advtrain.lit.adapter import Callback
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
+
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ def parse_signal(name: str | int | signal.Signals) -> signal.Signals:
         ) from err
 
 
-class RequeueOnSignal(pl.Callback):
+class RequeueOnSignal(Callback):
     """On ``signum``: checkpoint at the end of the current batch, requeue the SLURM job, exit.
 
     A signal during an epoch's last batch (or its validation) is acted on after the next
@@ -100,7 +105,7 @@ class RequeueOnSignal(pl.Callback):
         )
         self._received = True
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._received = False
         self._previous = signal.getsignal(self.signum)
         signal.signal(self.signum, self._on_signal)
@@ -113,18 +118,18 @@ class RequeueOnSignal(pl.Callback):
             )
             self._installed = False
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_handler()
 
     def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         self._restore_handler()
 
     def on_train_batch_end(
         self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        trainer: Trainer,
+        pl_module: LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -145,7 +150,7 @@ class RequeueOnSignal(pl.Callback):
             return
         self._stop(trainer)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The signal came during the last epoch's last batch or its validation: training is
         # complete, and the checkpoint resumes to the evaluation alone.
         if self.stopped:
@@ -156,7 +161,7 @@ class RequeueOnSignal(pl.Callback):
         if received:
             self._stop(trainer)
 
-    def _stop(self, trainer: pl.Trainer) -> None:
+    def _stop(self, trainer: Trainer) -> None:
         """Writes the checkpoint, then requeues and exits (or stops the fit without requeue)."""
         self.dirpath.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.checkpoint_path)

@@ -7,16 +7,24 @@ validation accuracy, e.g. ``ModelCheckpoint(monitor="val/robust_acc", mode="max"
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
+from typing import TYPE_CHECKING
+
 import torch
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from torch import Tensor
+from torch import Tensor, nn
 
 from advtrain.attacks.autoattack import AutoAttack
-from advtrain.attacks.base import Attack
+from advtrain.attacks.base import Attack, model_state_guard
 from advtrain.callbacks.batch import Key
+from advtrain.callbacks.inputs import NormalizationArg
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
+from advtrain.lit.adapter import MisconfigurationException
+from advtrain.models.view import ForwardFn, OutputKey
+from advtrain.normalization import AUTO
 from advtrain.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
 
 
 def default_attack(threat: ThreatModel, seed: int = 0) -> Attack:
@@ -45,6 +53,10 @@ class RobustEvaluation(SubsetEvaluation):
         input_key: Where the inputs are in a batch.
         target_key: Where the labels are.
         seed: Seed of the attack, re-applied at every evaluation so they are comparable.
+        normalization: ``"auto"`` (found in the validation data pipeline, else the training
+            callback's), ``None`` (inputs are pixels) or ``(mean, std)``; eps in pixel units.
+        output_key: Where the logits are in the module's output (dict key, tuple index).
+        forward_fn: ``forward_fn(module, x) -> logits`` instead of ``module(x)``.
     """
 
     def __init__(
@@ -56,8 +68,20 @@ class RobustEvaluation(SubsetEvaluation):
         input_key: Key = 0,
         target_key: Key = 1,
         seed: int = 0,
+        normalization: NormalizationArg = AUTO,
+        output_key: OutputKey | None = None,
+        forward_fn: ForwardFn | None = None,
     ) -> None:
-        super().__init__(every_n_epochs, n_examples, monitor, input_key, target_key)
+        super().__init__(
+            every_n_epochs,
+            n_examples,
+            monitor,
+            input_key,
+            target_key,
+            normalization=normalization,
+            output_key=output_key,
+            forward_fn=forward_fn,
+        )
         if attack is not None and not isinstance(attack, Attack):
             raise MisconfigurationException(
                 f"attack must be an advtrain Attack, got {type(attack).__name__}"
@@ -65,7 +89,7 @@ class RobustEvaluation(SubsetEvaluation):
         self.attack = attack
         self.seed = int(seed)
 
-    def _resolve_attack(self, trainer: pl.Trainer) -> Attack:
+    def _resolve_attack(self, trainer: Trainer) -> Attack:
         if self.attack is None:
             threat = training_threat(trainer)
             if threat is None:
@@ -76,21 +100,17 @@ class RobustEvaluation(SubsetEvaluation):
             self.attack = default_attack(threat, self.seed)
         return self.attack
 
-    def start(self, trainer: pl.Trainer) -> None:
+    def start(self, trainer: Trainer) -> None:
         self._resolve_attack(trainer).reseed(self.seed + trainer.global_rank)
 
-    def passes(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor, y: Tensor
-    ) -> Tensor:
+    def threat_bounds(self) -> tuple[float, float]:
+        return self.attack.bounds if self.attack is not None else (0.0, 1.0)
+
+    def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Still classified correctly after the attack (the model is evaluated in eval mode)."""
-        x_adv = self._resolve_attack(trainer)(pl_module, x, y)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                return pl_module(x_adv).argmax(dim=1) == y
-        finally:
-            pl_module.train(was_training)
+        x_adv = self._resolve_attack(trainer)(model, x, y)
+        with torch.no_grad(), model_state_guard(model, "eval"):
+            return model(x_adv).argmax(dim=1) == y
 
 
 __all__ = ["RobustEvaluation", "default_attack"]

@@ -8,14 +8,16 @@ the instance and call the replacement.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+from advtrain.lit.adapter import MisconfigurationException, is_param_in_hook_signature
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
 
 
-def check_not_wrapped(pl_module: pl.LightningModule) -> None:
+
+def check_not_wrapped(pl_module: LightningModule) -> None:
     """Raises if an advtrain callback already replaced ``pl_module.training_step``.
 
     Raises:
@@ -29,7 +31,7 @@ def check_not_wrapped(pl_module: pl.LightningModule) -> None:
 
 
 def wrap_training_step(
-    pl_module: pl.LightningModule, replacement: Callable[..., Any]
+    pl_module: LightningModule, replacement: Callable[..., Any]
 ) -> Callable[..., Any]:
     """Installs ``replacement`` as ``pl_module.training_step``; returns the original step, called
     as ``original(batch, batch_idx, ...)`` whether or not the module's step takes ``batch_idx``.
@@ -56,7 +58,7 @@ def wrap_training_step(
     return without_batch_idx
 
 
-def unwrap_training_step(pl_module: pl.LightningModule) -> None:
+def unwrap_training_step(pl_module: LightningModule) -> None:
     """Removes the replacement installed by :func:`wrap_training_step`, if any."""
     if "training_step" in vars(pl_module):
         del pl_module.training_step

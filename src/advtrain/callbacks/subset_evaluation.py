@@ -9,18 +9,25 @@ logging and checkpointing the last value live here.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advtrain.attacks.base import check_positive_int
 from advtrain.callbacks.batch import Key, split_batch
+from advtrain.callbacks.inputs import InputSpace, NormalizationArg
+from advtrain.lit.adapter import Callback
+from advtrain.models.view import ForwardFn, OutputKey
+from advtrain.normalization import AUTO
 from advtrain.threat import ThreatModel
 
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
 
-def find_training_callback(trainer: pl.Trainer) -> pl.Callback | None:
+
+
+def find_training_callback(trainer: Trainer) -> Callback | None:
     """The Trainer's adversarial-training callback: the first one with a ``final_threat`` method.
 
     (:class:`~advtrain.callbacks.AdversarialTraining`,
@@ -32,13 +39,13 @@ def find_training_callback(trainer: pl.Trainer) -> pl.Callback | None:
     return None
 
 
-def training_threat(trainer: pl.Trainer) -> ThreatModel | None:
+def training_threat(trainer: Trainer) -> ThreatModel | None:
     """The threat model the Trainer's adversarial-training callback ends training at, if any."""
     training = find_training_callback(trainer)
     return None if training is None else training.final_threat(trainer)  # type: ignore[attr-defined]
 
 
-class SubsetEvaluation(pl.Callback):
+class SubsetEvaluation(Callback):
     """Logs the fraction of the first ``n_examples`` validation examples that pass a test.
 
     The first and last validation epochs and every ``every_n_epochs``-th are evaluated; between
@@ -46,12 +53,22 @@ class SubsetEvaluation(pl.Callback):
     finds the key (ties never replace the best checkpoint, so a repeated value never wins).
     Under DDP each rank tests its own shard and the counts are summed across ranks.
 
+    Inputs are tested in pixel units: data normalised in its transforms is un-normalised first
+    (the normalisation found in the validation data or declared, else the training callback's)
+    and the module is tested through a view that normalises its pixels
+    (:mod:`advtrain.callbacks.inputs`).
+
     Args:
         every_n_epochs: Evaluate every k epochs (and at the first and last epoch).
         n_examples: Validation examples to test, in total across ranks.
         monitor: Name of the logged metric.
         input_key: Where the inputs are in a batch.
         target_key: Where the labels are.
+        normalization: ``"auto"`` (found in the validation data pipeline or taken from the
+            Trainer's adversarial-training callback), ``None`` (inputs are pixels) or
+            ``(mean, std)``.
+        output_key: Where the logits are in the module's output (dict key, tuple index).
+        forward_fn: ``forward_fn(module, x) -> logits`` instead of ``module(x)``.
     """
 
     def __init__(
@@ -61,8 +78,13 @@ class SubsetEvaluation(pl.Callback):
         monitor: str,
         input_key: Key = 0,
         target_key: Key = 1,
+        normalization: NormalizationArg = AUTO,
+        output_key: OutputKey | None = None,
+        forward_fn: ForwardFn | None = None,
     ) -> None:
         super().__init__()
+        self.space = InputSpace(type(self).__name__, normalization, output_key, forward_fn)
+        self._resolved = False
         self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
         self.n_examples = check_positive_int(n_examples, "n_examples")
         self.monitor = monitor
@@ -73,15 +95,23 @@ class SubsetEvaluation(pl.Callback):
         self._counts = torch.zeros(2)  # (passed, tested)
 
     @abstractmethod
-    def passes(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor, y: Tensor
-    ) -> Tensor:
-        """Per-example boolean: example ``(x, y)`` passes the test (e.g. robust, verified)."""
+    def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Per-example boolean: example ``(x, y)`` passes the test (e.g. robust, verified).
 
-    def start(self, trainer: pl.Trainer) -> None:
+        ``model`` is the module's pixel-space view and ``x`` the examples in pixel units.
+        """
+
+    def threat_bounds(self) -> tuple[float, float]:
+        """The pixel box the test works in (for error messages)."""
+        return (0.0, 1.0)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._resolved = False
+
+    def start(self, trainer: Trainer) -> None:
         """Called at the start of each evaluated validation epoch (e.g. to re-seed an attack)."""
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         self._active = not trainer.sanity_checking and (
@@ -89,12 +119,18 @@ class SubsetEvaluation(pl.Callback):
         )
         self._counts = torch.zeros(2, device=pl_module.device)
         if self._active:
+            if not self._resolved:
+                training = find_training_callback(trainer)
+                space = getattr(training, "space", None)
+                fallback = getattr(space, "normalization", None)
+                self.space.resolve(trainer, "val", fallback=fallback)
+                self._resolved = True
             self.start(trainer)
 
     def on_validation_batch_end(
         self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        trainer: Trainer,
+        pl_module: LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -107,11 +143,16 @@ class SubsetEvaluation(pl.Callback):
             return
         x, y = split_batch(batch, self.input_key, self.target_key)
         x, y = x[:budget], y[:budget]
-        ok = self.passes(trainer, pl_module, x, y)
+        try:
+            ok = self.passes(trainer, self.space.view(pl_module), self.space.to_pixels(x), y)
+        except ValueError as err:
+            if "outside bounds" not in str(err):
+                raise
+            raise self.space.explain(err, x, self.threat_bounds()) from None
         tested = torch.tensor(float(y.numel()), device=self._counts.device)
         self._counts = self._counts + torch.stack([ok.sum().to(self._counts), tested])
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if self._active:

@@ -34,13 +34,39 @@ def tasks_per_node(devices: Any) -> int:
     return 1
 
 
+def lightning_package(cfg: Any) -> str:
+    """The Lightning package a run trains with: the config's ``lightning`` key (``auto``,
+    ``lightning`` or ``pytorch_lightning``; ``auto`` takes ``$ADVTRAIN_LIGHTNING`` if set, else
+    ``lightning.pytorch`` where installed, else ``pytorch_lightning``).
+
+    Raises:
+        ValueError: For an unknown package name, or one that is not installed (the message
+            names the installed ones and the override).
+    """
+    from advtrain.lit import adapter
+
+    choice = cfg.get("lightning", "auto") if cfg is not None else "auto"
+    try:
+        return adapter.preferred(None if choice is None else str(choice))
+    except (ImportError, ValueError) as err:
+        raise ValueError(f"lightning={choice}: {err}") from None
+
+
+def lightning_target(path: str, *, _root_: Any = None) -> str:
+    """``${lightning:Trainer}`` → ``lightning.pytorch.Trainer`` or ``pytorch_lightning.Trainer``:
+    a class of the package the run trains with (:func:`lightning_package`)."""
+    return f"{lightning_package(_root_)}.{path}"
+
+
 def register_resolvers() -> None:
-    """Registers ``${div:a,b}``, ``${mul:a,b}`` and the SLURM launcher's resolvers (idempotent)."""
+    """Registers ``${div:a,b}``, ``${mul:a,b}``, ``${lightning:path}`` and the SLURM launcher's
+    resolvers (idempotent)."""
     resolvers = {
         "div": lambda a, b: float(a) / float(b),
         "mul": lambda a, b: float(a) * float(b),
         "gpus_per_node": gpus_per_node,
         "tasks_per_node": tasks_per_node,
+        "lightning": lightning_target,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

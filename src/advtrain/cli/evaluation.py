@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -15,30 +14,54 @@ from torch import nn
 from advtrain.attacks.autoattack import AutoAttackResult
 from advtrain.attacks.checks import run_sanity_checks
 from advtrain.certify.certificates import certified_section
+from advtrain.cli.config import lightning_package
 from advtrain.data.base import tensors_sha256
 from advtrain.evaluation import evaluate_attacks
 from advtrain.report import environment, sha256_file, sha256_text, write_report
 
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
 
-def load_lightning_weights(module: pl.LightningModule, checkpoint: str) -> None:
+
+def load_lightning_weights(module: LightningModule, checkpoint: str) -> None:
     """Loads a Lightning checkpoint's weights into ``module`` with ``weights_only=True``."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
 
 
+def threat_normalization(
+    cfg: DictConfig, data_normalization: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Where the inputs are normalised: in the data (found by the training callback) or inside
+    the model (``model.mean``/``model.std``, a :class:`~advtrain.models.Normalize` layer)."""
+    if data_normalization is not None:
+        return {"where": "data", **data_normalization}
+    model = cfg.get("model") or {}
+    mean, std = model.get("mean"), model.get("std")
+    if mean is None or std is None:
+        return None
+    as_list = OmegaConf.to_container(OmegaConf.create({"m": mean, "s": std}), resolve=True)
+    values = {k: v if isinstance(v, list) else [v] for k, v in as_list.items()}  # type: ignore[union-attr]
+    return {"where": "model", "mean": values["m"], "std": values["s"], "source": "model"}
+
+
 def evaluate_checkpoint(
     cfg: DictConfig,
-    module: pl.LightningModule,
+    module: LightningModule,
     datamodule: Any,
     checkpoint: str | None,
     output_dir: Path,
     timings: dict[str, float],
+    data_normalization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluates the best checkpoint on the test split and writes the report.
 
     Clean accuracy, each configured attack's robust accuracy and the per-example worst case
     (:func:`advtrain.evaluation.evaluate_attacks`; AutoAttack's members are listed too), robust
     accuracy along an eps grid, and the sanity flags of :mod:`advtrain.attacks.checks`.
+
+    ``data_normalization`` is the normalisation the training callback found in the training
+    data (``None``: the data was in pixels); the report records where the inputs are normalised.
     """
     start = time.perf_counter()
     if checkpoint is not None:
@@ -145,8 +168,11 @@ def evaluate_checkpoint(
         "data_sha256": tensors_sha256(x, y),
         "seed": int(cfg.seed),
         "timings_s": dict(timings),
-        "environment": environment(),
+        "environment": environment(lightning_package(cfg)),
     }
+    normalization = threat_normalization(cfg, data_normalization)
+    if normalization is not None:  # eps is in pixels; say where the inputs are normalised
+        report["threat_model"]["normalization"] = normalization
     if certified:
         report["certified"] = certified
     write_report(report, output_dir)

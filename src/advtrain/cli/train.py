@@ -14,18 +14,15 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
-from advtrain.cli.config import coerce_fractions, register_resolvers
+from advtrain.cli.config import coerce_fractions, lightning_package, register_resolvers
 from advtrain.cli.evaluation import evaluate_checkpoint
 from advtrain.cli.schemas import (
     check_config,
@@ -34,12 +31,18 @@ from advtrain.cli.schemas import (
     register_schemas,
 )
 from advtrain.data.vision import DatasetNotFoundError
+from advtrain.lit import adapter
+from advtrain.lit.adapter import Callback
 from advtrain.report import summary_table
 
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
     """The method's training callback (if any) and the configured callbacks, instantiated."""
-    callbacks: list[pl.Callback] = []
+    pl = adapter.package(lightning_package(cfg))
+    callbacks: list[Callback] = []
     method_cb = cfg.method.get("callback")
     if method_cb is not None:
         callbacks.append(instantiate(method_cb, _convert_="all"))
@@ -48,12 +51,15 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
             continue
         cb = instantiate(node, _convert_="all")
         if not isinstance(cb, pl.Callback):
-            raise TypeError(f"callbacks.{name} did not build a Lightning Callback: {cb!r}")
+            raise TypeError(
+                f"callbacks.{name} did not build a Callback of {pl.__name__} (the package this "
+                f"run trains with, lightning={cfg.get('lightning', 'auto')}): {cb!r}"
+            )
         callbacks.append(cb)
     return callbacks
 
 
-class TrainingStepTimer(pl.Callback):
+class TrainingStepTimer(Callback):
     """Wall time spent inside training batches (attack, forward, backward, optimizer step and the
     per-batch callbacks), summed over the run: the cost of the training method itself, without
     validation, checkpointing or setup. Recorded in the report as ``timings_s.train_steps``."""
@@ -71,12 +77,13 @@ class TrainingStepTimer(pl.Callback):
             self._start = None
 
 
-def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+def _best_checkpoint(trainer: Trainer) -> str | None:
     """The monitored (best) checkpoint if any, else the most recent one saved."""
+    model_checkpoint = adapter.locate(adapter.package_of(trainer), "callbacks.ModelCheckpoint")
     found: list[str] = []
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
         if (
-            isinstance(cb, ModelCheckpoint)
+            isinstance(cb, model_checkpoint)
             and cb.best_model_path
             and Path(cb.best_model_path).exists()
         ):
@@ -84,10 +91,20 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return found[0] if found else None
 
 
+def _data_normalization(trainer: Trainer) -> dict[str, Any] | None:
+    """The normalisation the adversarial-training callback found in the training data."""
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        space = getattr(cb, "space", None)
+        if space is not None and callable(getattr(space, "describe", None)):
+            return space.describe()  # type: ignore[no-any-return]
+    return None
+
+
 def _requeue_on_signal(cfg: DictConfig, output_dir: Path) -> RequeueOnSignal | None:
     """The preemption handler for a run inside a SLURM job (``None`` elsewhere or when off)."""
     settings = cfg.get("preemption") or {}
-    if not settings.get("enabled", True) or not SLURMEnvironment.detect():
+    slurm = adapter.locate(lightning_package(cfg), "plugins.environments.SLURMEnvironment")
+    if not settings.get("enabled", True) or not slurm.detect():
         return None
     return RequeueOnSignal(
         output_dir / "checkpoints", signum=settings.get("signal", "USR2"), requeue=True
@@ -120,7 +137,7 @@ def scale_max_epochs(cfg: DictConfig) -> None:
     )
 
 
-def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any] | None:
+def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any] | None:
     """Trains and evaluates as configured; returns the report on rank zero (``None`` elsewhere).
 
     Args:
@@ -137,6 +154,8 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
     scale_max_epochs(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    package = lightning_package(cfg)
+    pl = adapter.package(package)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -152,12 +171,13 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
     if requeue is not None:
         # Lightning's SLURM environment listens for the same signal the launcher sends;
         # RequeueOnSignal (not Lightning's in-handler save) writes the checkpoint.
-        plugins.append(SLURMEnvironment(auto_requeue=False, requeue_signal=requeue.signum))
+        slurm = adapter.locate(package, "plugins.environments.SLURMEnvironment")
+        plugins.append(slurm(auto_requeue=False, requeue_signal=requeue.signum))
         callbacks.append(requeue)
     callbacks.append(step_timer)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     extra: dict[str, Any] = {"plugins": plugins} if plugins else {}
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **extra)
+    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **extra)
     ckpt_path = cfg.get("ckpt_path")
     resume_from = output_dir / "checkpoints" / REQUEUE_CHECKPOINT
     if ckpt_path is None and resume_from.exists():
@@ -188,6 +208,7 @@ def run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> di
         checkpoint=checkpoint,
         output_dir=output_dir,
         timings=timings,
+        data_normalization=_data_normalization(trainer),
     )
     print(summary_table(report, str(output_dir / "report.md")))
     return report

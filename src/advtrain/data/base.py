@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sized
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from advtrain.attacks.base import check_positive_int
 from advtrain.data.resumable import ResumableDataLoader
+from advtrain.lit.adapter import LightningDataModule
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -71,7 +71,7 @@ def tensors_sha256(*tensors: Tensor) -> str:
     return digest.hexdigest()
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(LightningDataModule):
     """A LightningDataModule of ``(x, y)`` image-classification data with train/val/test sets.
 
     Subclasses fill :attr:`train_set`, :attr:`val_set` and :attr:`test_set` in :meth:`setup` and

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
+
+from advtrain.lit.adapter import LightningModule, MisconfigurationException
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("none", "cosine", "multistep", "cyclic", "onecycle")
@@ -33,7 +33,7 @@ def _fused_supported(params: Sequence[Tensor]) -> bool | None:
     return True if supported else None
 
 
-class AdversarialClassifier(pl.LightningModule):
+class AdversarialClassifier(LightningModule):
     """A classifier ``nn.Module`` with a cross-entropy training step and accuracy metrics.
 
     Logs ``train/loss``, ``train/acc`` (on the inputs the step sees: adversarial ones under

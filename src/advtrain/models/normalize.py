@@ -33,8 +33,9 @@ class Normalize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         mean, std = self.mean, self.std
-        if x.dim() == 2:  # flat inputs (MLP)
-            mean, std = mean.view(1, -1), std.view(1, -1)
+        if x.dim() != 4:  # flat inputs (MLP: (batch, features)) or sequences (batch, channels, L)
+            shape = (1, -1, *([1] * (x.dim() - 2)))
+            mean, std = mean.view(shape), std.view(shape)
         return (x - mean) / std
 
     def extra_repr(self) -> str:

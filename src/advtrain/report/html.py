@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from advtrain.report.writer import ENVIRONMENT_KEYS, _pct, result_rows
+from advtrain.report.writer import ENVIRONMENT_KEYS, _pct, normalization_text, result_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;
@@ -72,7 +72,7 @@ def _summary(report: Mapping[str, Any]) -> str:
         f"data: <b>{_e(data.get('name', 'n/a'))}</b> ({_e(data.get('split', 'test'))}), "
         f"{_e(report['n_examples'])} examples",
         f"threat model: <b>{_e(threat['norm'])} eps={float(threat['eps']):.6g}</b>, bounds "
-        f"{_e(tuple(threat['bounds']))}",
+        f"{_e(tuple(threat['bounds']))} ({_e(normalization_text(threat))})",
     ]
     if report.get("created"):
         items.append(f"created: {_e(report['created'])}")

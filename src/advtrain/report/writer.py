@@ -17,6 +17,7 @@ every key and validates a report. :func:`write_report` renders whatever sections
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -85,6 +86,8 @@ ENVIRONMENT_KEYS: tuple[str, ...] = (
     "git_commit",
     "git_dirty",
     "torch",
+    "lightning_package",
+    "lightning",
     "pytorch_lightning",
     "python",
     "platform",
@@ -92,8 +95,15 @@ ENVIRONMENT_KEYS: tuple[str, ...] = (
 )
 
 
-def environment() -> dict[str, Any]:
-    """Versions of advtrain (and its git commit when known), torch, Lightning, Python; device."""
+def environment(lightning_package: str | None = None) -> dict[str, Any]:
+    """Versions of advtrain (and its git commit when known), torch, Lightning, Python; device.
+
+    Args:
+        lightning_package: The Lightning package the run trained with (``lightning.pytorch`` or
+            ``pytorch_lightning``), recorded as ``lightning_package``; the versions of both
+            packages are recorded where installed.
+    """
+    import importlib.metadata
     import platform
 
     import torch
@@ -110,12 +120,12 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
-    try:
-        import pytorch_lightning
-
-        info["pytorch_lightning"] = pytorch_lightning.__version__
-    except ImportError:  # pragma: no cover - a core-only install
-        pass
+    if lightning_package is not None:
+        info["lightning_package"] = str(lightning_package)
+    for distribution in ("lightning", "pytorch_lightning"):
+        # the installed versions, read without importing either package
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[distribution] = importlib.metadata.version(distribution.replace("_", "-"))
     return info
 
 
@@ -124,6 +134,22 @@ def _pct(value: float | None) -> str:
         "n/a"
         if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{100 * value:.1f}%"
+    )
+
+
+def normalization_text(threat: Mapping[str, Any]) -> str:
+    """How the threat model's inputs relate to the model's (for the md/html threat line)."""
+    norm = threat.get("normalization")
+    if not norm:
+        return "inputs in pixel units"
+    where = (
+        "inside the model"
+        if norm.get("where") == "model"
+        else "in the data pipeline, undone before attacking"
+    )
+    return (
+        f"eps in pixel units; normalisation (mean {list(norm['mean'])}, std {list(norm['std'])}) "
+        f"{where}"
     )
 
 
@@ -350,7 +376,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"- data: {report.get('data', {}).get('name', 'n/a')}, {report['n_examples']} examples "
         f"(sha256 `{report.get('data_sha256', 'n/a')}`)",
         f"- threat model: {threat['norm']} eps={threat['eps']:.6g}, "
-        f"bounds {tuple(threat['bounds'])}",
+        f"bounds {tuple(threat['bounds'])} ({normalization_text(threat)})",
         f"- checkpoint: `{report.get('checkpoint', {}).get('path', 'n/a')}` "
         f"(sha256 `{report.get('checkpoint', {}).get('sha256', 'n/a')}`)",
         f"- config sha256: `{report.get('config_sha256', 'n/a')}`",
