@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 import warnings
 from collections import Counter
@@ -129,6 +130,78 @@ def _extract(obj: Any, path: str) -> tuple[dict[str, Tensor], str]:
     )
 
 
+def _check_file(p: Path, what: str) -> None:
+    if p.is_dir():
+        raise CheckpointError(
+            f"{what} {str(p)!r} is a folder, not a checkpoint file; pass the file inside it "
+            "(e.g. .../checkpoints/last.ckpt or .../model.pt)"
+        )
+    if not p.is_file():
+        raise CheckpointError(f"{what} {str(p)!r} does not exist (check ckpt_path)")
+
+
+def load_safely(
+    path: str | os.PathLike[str], trust: bool = False, what: str = "checkpoint"
+) -> tuple[Any, str, str]:
+    """``torch.load``s a file with ``weights_only=True`` (full unpickling only if ``trust``).
+
+    Returns:
+        ``(object, loaded_with, sha256 of the bytes read)``; ``loaded_with`` is
+        ``"weights_only"`` or ``"trusted_pickle"``.
+
+    Raises:
+        CheckpointError: A folder, a missing file, or a file torch cannot read (truncated, text,
+            a raw pickle), each with its own message.
+        UnsafeCheckpointError: A file that stores Python objects beyond tensors (the unsafe
+            global named), when ``trust`` is false.
+    """
+    p = Path(path)
+    _check_file(p, what)
+    data = p.read_bytes()  # read once: the hash recorded is that of exactly the bytes loaded
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return (
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True),
+            "weights_only",
+            digest,
+        )
+    except pickle.UnpicklingError as exc:
+        reason = _unpickler_reason(exc)
+        unsafe = "global" in reason.lower() or "reduce" in reason.lower()
+        if not trust:
+            if not unsafe:
+                raise CheckpointError(
+                    f"{what} {str(p)!r} is not a readable torch checkpoint: not a torch.save "
+                    f"file of tensors (truncated, damaged, a text file or a raw pickle; {reason})"
+                ) from exc
+            raise UnsafeCheckpointError(
+                f"{what} {str(p)!r} cannot be read with torch.load(weights_only=True): it "
+                f"stores Python objects beyond tensors and plain containers ({reason}), and "
+                "unpickling them can run arbitrary code. If you trust where this file comes from, "
+                "pass trust_checkpoint=true (advtrain-eval) or trust=True; better, re-save only "
+                "the weights: torch.save(model.state_dict(), path)."
+            ) from exc
+    except Exception as exc:  # truncated zip, a text file (KeyError), an empty file...
+        raise CheckpointError(
+            f"{what} {str(p)!r} is not a readable torch checkpoint (truncated, damaged, or not "
+            f"a file torch.save wrote): {_first_line(exc)}"
+        ) from exc
+    banner = (
+        f"UNSAFE LOAD: {p} is being fully unpickled (weights_only=False) because "
+        "trust_checkpoint=true. This runs any code the file contains; do this only for "
+        "files from a trusted source."
+    )
+    print("!" * 78 + "\n" + banner + "\n" + "!" * 78, file=sys.stderr)
+    warnings.warn(banner, UserWarning, stacklevel=3)
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc2:  # any unpickling failure: the file is not a checkpoint
+        raise CheckpointError(
+            f"{what} {str(p)!r} is not a readable torch file: {_first_line(exc2)}"
+        ) from exc2
+    return obj, "trusted_pickle", digest
+
+
 def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> LoadedCheckpoint:
     """Reads the model weights of a checkpoint file on the CPU.
 
@@ -141,52 +214,58 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> Loaded
         CheckpointError: If the file is missing, unreadable or holds no weights.
         UnsafeCheckpointError: If the file needs full unpickling and ``trust`` is false.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist (check ckpt_path)")
-    loaded_with = "weights_only"
-    # Read once: the hash recorded is that of exactly the bytes loaded.
-    data = p.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if not trust:
-            if "Unsupported global" not in str(exc):
-                raise CheckpointError(
-                    f"checkpoint {str(p)!r} cannot be read with torch.load(weights_only=True) "
-                    f"({reason}): it is not a torch.save file of tensors, or it is damaged. A raw "
-                    "pickle from a source you trust can be read with trust_checkpoint=true "
-                    "(unsafe: unpickling runs code)."
-                ) from exc
-            raise UnsafeCheckpointError(
-                f"checkpoint {str(p)!r} cannot be read with torch.load(weights_only=True): it "
-                f"stores Python objects beyond tensors and plain containers ({reason}), and "
-                "unpickling them can run arbitrary code. If you trust where this file comes from, "
-                "pass trust_checkpoint=true (advtrain-eval) or trust=True; better, re-save only "
-                "the weights: torch.save(model.state_dict(), path)."
-            ) from exc
-        banner = (
-            f"UNSAFE LOAD: {p} is being fully unpickled (weights_only=False) because "
-            "trust_checkpoint=true. This runs any code the file contains; do this only for "
-            "files from a trusted source."
-        )
-        print("!" * 78 + "\n" + banner + "\n" + "!" * 78, file=sys.stderr)
-        warnings.warn(banner, UserWarning, stacklevel=2)
-        try:
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except Exception as exc2:  # any unpickling failure: the file is not a checkpoint
-            raise CheckpointError(
-                f"checkpoint {str(p)!r} is not a readable torch file: {_first_line(exc2)}"
-            ) from exc2
-        loaded_with = "trusted_pickle"
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    obj, loaded_with, digest = load_safely(path, trust)
+    state, fmt = _extract(obj, str(path))
+    return LoadedCheckpoint(str(path), state, fmt, loaded_with, digest)
+
+
+def check_training_checkpoint(path: str | os.PathLike[str], module: nn.Module) -> None:
+    """Checks, before Lightning touches it, that ``path`` is a Lightning training checkpoint of
+    ``module`` that ``torch.load(weights_only=True)`` reads (what ``advtrain-train`` resumes).
+
+    Raises:
+        CheckpointError: For a folder, a missing, truncated or non-torch file, a file that holds
+            only weights (advtrain's ``model.pt``), or another architecture (keys named);
+            :class:`UnsafeCheckpointError` for a file that would need unpickling.
+    """
+    obj, _, _ = load_safely(path, trust=False, what="ckpt_path")
+    if (
+        not isinstance(obj, Mapping)
+        or "state_dict" not in obj
+        or not ("pytorch-lightning_version" in obj or "loops" in obj)
+    ):
         raise CheckpointError(
-            f"checkpoint {str(p)!r} is not a readable torch file: {_first_line(exc)}"
-        ) from exc
-    state, fmt = _extract(obj, str(p))
-    return LoadedCheckpoint(str(p), state, fmt, loaded_with, digest)
+            f"ckpt_path {str(path)!r} is not a Lightning training checkpoint (it holds "
+            + (
+                "only model weights, like advtrain's model.pt"
+                if _tensor_dict(obj)
+                else "no Lightning training state"
+            )
+            + "): resume from the run's checkpoints/last.ckpt; to evaluate these weights use "
+            "advtrain-eval ckpt_path=..."
+        )
+    state = _tensor_dict(obj["state_dict"]) or {}
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in set(expected) & set(state) if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(v)} {label}: {_summarise(sorted(v))}"
+            for label, v in (
+                ("missing key(s)", missing),
+                ("unexpected key(s)", unexpected),
+                ("key(s) with another shape", shapes),
+            )
+            if v
+        ]
+        raise CheckpointMismatchError(
+            f"ckpt_path {str(path)!r} was written for another model than this run's "
+            f"({'; '.join(parts)}): resume with the model= settings of the run that wrote it",
+            missing,
+            unexpected,
+            [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in sorted(shapes)],
+        )
 
 
 def _unpickler_reason(exc: BaseException) -> str:
@@ -196,6 +275,9 @@ def _unpickler_reason(exc: BaseException) -> str:
     if marker in text:
         text = text.split(marker, 1)[1].strip()
         return text.split(" was not an allowed global")[0].split(" Check the documentation")[0]
+    found = re.search(r"(Trying to load unsupported GLOBAL \S+)", text)
+    if found:  # torch >= 2.6 names a blocked module's global this way
+        return found.group(1).replace("Trying to load unsupported", "Unsupported global:")
     return _first_line(exc)
 
 
@@ -289,6 +371,8 @@ __all__ = [
     "CheckpointMismatchError",
     "LoadedCheckpoint",
     "UnsafeCheckpointError",
+    "check_training_checkpoint",
+    "load_safely",
     "load_weights",
     "match_state_dict",
     "read_checkpoint",

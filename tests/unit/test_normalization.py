@@ -135,9 +135,7 @@ def test_found_on_a_data_module_attribute_and_not_where_there_is_none() -> None:
     assert find_normalization([(plain, "train")], [(object(), "dm")]) is None
     # datasets first: what the loader applies wins over an attribute
     other = Images(transforms.Compose([transforms.ToTensor(), transforms.Normalize(*CIFAR)]))
-    assert find_normalization([(other, "train")], [(TemplateLike(), "dm")]) == Normalization(
-        *CIFAR
-    )
+    assert find_normalization([(other, "train")], [(TemplateLike(), "dm")]) == Normalization(*CIFAR)
 
 
 def test_looks_normalised() -> None:

@@ -107,6 +107,22 @@ def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Mo
                 buf.copy_(saved)
 
 
+_DTYPE_HINTS = ("dtype", "scalar type", "Input type", "same type")
+
+
+def _dtype_error(err: RuntimeError, model: nn.Module, x: Tensor) -> Exception:
+    """A clear ``TypeError`` for inputs of another floating dtype than the model's parameters
+    (``err`` itself for any other failure)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None or param.dtype == x.dtype or not any(h in str(err) for h in _DTYPE_HINTS):
+        return err
+    return TypeError(
+        f"the inputs are {x.dtype} but the model's parameters are {param.dtype}, and the model "
+        f"cannot take them ({str(err).splitlines()[0]}); convert the inputs to the model's dtype "
+        f"(e.g. x.to({param.dtype})) or the model to theirs"
+    )
+
+
 class Attack(ABC):
     """Base class of every attack: ``attack(model, x, y) -> x_adv``.
 
@@ -259,7 +275,12 @@ class Attack(ABC):
             ):
                 x_in = x.detach().clone() if x.is_inference() else x.detach()
                 y_in = y.detach().clone() if y.is_inference() else y.detach()
-                x_adv = self.perturb(model, x_in, y_in)
+                if y_in.dtype != torch.long:  # int32/uint8 labels: losses index with int64
+                    y_in = y_in.long()
+                try:
+                    x_adv = self.perturb(model, x_in, y_in)
+                except RuntimeError as err:
+                    raise _dtype_error(err, model, x) from None
             return x_adv.detach()
         finally:
             # The range belongs to this call's labels (perturb may see a subset of them, whose

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
 
-
 class CertifiedEvaluation(SubsetEvaluation):
     """Logs bound-verified accuracy on the first ``n_examples`` validation examples.
 

@@ -407,9 +407,7 @@ class FreeAdversarialTraining(Callback):
         if self._in_step:
             self._step_args = (batch, batch_idx)
 
-    def _replay_closure(
-        self, trainer: Trainer, epoch: int, batch_idx: int, optimizer: Any
-    ) -> Any:
+    def _replay_closure(self, trainer: Trainer, epoch: int, batch_idx: int, optimizer: Any) -> Any:
         """The closure of the replays before a minibatch's last (see the module docstring), or
         ``None`` where Lightning's own closure must run them (a profiler is on)."""
         step_args = self._step_args

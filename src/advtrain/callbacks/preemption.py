@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
 
-
 log = logging.getLogger(__name__)
 
 REQUEUE_CHECKPOINT = "requeue.ckpt"

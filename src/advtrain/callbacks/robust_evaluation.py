@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
 
-
 def default_attack(threat: ThreatModel, seed: int = 0) -> Attack:
     """AutoAttack's "fast" version (APGD-CE + APGD-T) at ``threat``."""
     return AutoAttack(

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
 
 
-
 def check_not_wrapped(pl_module: LightningModule) -> None:
     """Raises if an advtrain callback already replaced ``pl_module.training_step``.
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
 
-
 def find_training_callback(trainer: Trainer) -> Callback | None:
     """The Trainer's adversarial-training callback: the first one with a ``final_threat`` method.
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from advtrain.report.folders import run_id
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
@@ -43,13 +45,14 @@ def lightning_package(cfg: Any) -> str:
         ValueError: For an unknown package name, or one that is not installed (the message
             names the installed ones and the override).
     """
+    from advtrain.cli.schemas import ConfigError
     from advtrain.lit import adapter
 
     choice = cfg.get("lightning", "auto") if cfg is not None else "auto"
     try:
         return adapter.preferred(None if choice is None else str(choice))
     except (ImportError, ValueError) as err:
-        raise ValueError(f"lightning={choice}: {err}") from None
+        raise ConfigError(f"lightning={choice}: {err}") from None
 
 
 def lightning_target(path: str, *, _root_: Any = None) -> str:
@@ -67,6 +70,7 @@ def register_resolvers() -> None:
         "gpus_per_node": gpus_per_node,
         "tasks_per_node": tasks_per_node,
         "lightning": lightning_target,
+        "run_id": run_id,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -12,10 +12,18 @@ numbers are identical to an uninterrupted run.
 threat model, batching, seeds, code version). State written under other settings is never mixed
 in: the rerun stops with a message naming what changed (or discards the state with
 ``resume=false``).
+
+Each unit file carries a digest of its content bound to the evaluation (the fingerprint and the
+unit's key): a SHA-256, or an HMAC-SHA256 when a key is configured (derived from the ledger's
+signing key, :func:`advtrain.report.signing.mac_key`), which no one without the key can recompute.
+A unit whose digest does not match (edited, copied from another evaluation, damaged) is discarded
+and recomputed, and counted in :attr:`UnitStore.rejected` (the report says so).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -34,6 +42,35 @@ class StateMismatchError(ValueError):
     """The state folder belongs to an evaluation with other settings."""
 
 
+def _feed(digest: Any, value: Any) -> None:
+    """Feeds ``value`` (tensors, numbers, strings, lists, dicts) in a canonical byte form."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}".encode())
+        for k in sorted(value, key=str):
+            digest.update(f"K{len(str(k))}:{k}".encode())
+            _feed(digest, value[k])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for v in value:
+            _feed(digest, v)
+    else:
+        text = json.dumps(value, sort_keys=True, default=str)
+        digest.update(f"V{len(text)}:{text}".encode())
+
+
+def unit_digest(fingerprint: str, key: str, value: Mapping[str, Any], mac: bytes | None) -> str:
+    """The digest a unit file carries: SHA-256, or HMAC-SHA256 under ``mac``, of the evaluation's
+    fingerprint, the unit's key and its content."""
+    digest: Any = hmac.new(mac, digestmod=hashlib.sha256) if mac else hashlib.sha256()
+    digest.update(f"{fingerprint}\0{key}\0".encode())
+    _feed(digest, value)
+    return str(digest.hexdigest())
+
+
 class UnitStore:
     """Per-unit results of one evaluation, kept on disk.
 
@@ -42,18 +79,31 @@ class UnitStore:
         fingerprint: Hash of everything the results depend on.
         settings: The settings behind the fingerprint (stored, to explain a mismatch).
         resume: Reuse matching state; ``False`` deletes any existing state first.
+        mac: Key of the units' HMAC (``None``: a plain SHA-256 digest).
+
+    Attributes:
+        reused: Units read back and verified.
+        computed: Units computed and written.
+        rejected: Unit files found whose digest did not match (discarded and recomputed).
 
     Raises:
         StateMismatchError: If ``root`` holds state of other settings and ``resume`` is true.
     """
 
     def __init__(
-        self, root: Path, fingerprint: str, settings: Mapping[str, Any], resume: bool = True
+        self,
+        root: Path,
+        fingerprint: str,
+        settings: Mapping[str, Any],
+        resume: bool = True,
+        mac: bytes | None = None,
     ) -> None:
         self.root = Path(root)
         self.fingerprint = fingerprint
+        self.mac = mac
         self.reused = 0
         self.computed = 0
+        self.rejected = 0
         manifest = self.root / MANIFEST
         if self.root.exists() and not resume:
             shutil.rmtree(self.root)
@@ -85,9 +135,14 @@ class UnitStore:
         if not path.is_file():
             return None
         try:
-            value = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # an unreadable file (disk trouble): recompute the unit
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            value, recorded = stored["value"], str(stored["digest"])
+            ok = hmac.compare_digest(recorded, unit_digest(self.fingerprint, key, value, self.mac))
+        except Exception:  # unreadable, or written before units carried a digest
+            ok = False
+        if not ok:  # edited, copied from elsewhere, or damaged: recompute it
             path.unlink(missing_ok=True)
+            self.rejected += 1
             return None
         self.reused += 1
         return value  # type: ignore[no-any-return]
@@ -97,9 +152,13 @@ class UnitStore:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(dict(value), tmp)
+        stored = {
+            "value": dict(value),
+            "digest": unit_digest(self.fingerprint, key, value, self.mac),
+        }
+        torch.save(stored, tmp)
         os.replace(tmp, path)
         self.computed += 1
 
 
-__all__ = ["MANIFEST", "StateMismatchError", "UnitStore"]
+__all__ = ["MANIFEST", "StateMismatchError", "UnitStore", "unit_digest"]

@@ -44,8 +44,11 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import hashlib
+import io
 import json
 import math
+import os
 import sys
 import time
 import zlib
@@ -61,7 +64,9 @@ from torch import Tensor, nn
 
 from advtrain.checkpoints import CheckpointError, load_weights
 from advtrain.cli.config import coerce_fractions, register_resolvers
+from advtrain.cli.errors import WRITE_ERRORS, explain_write_error
 from advtrain.cli.eval_state import UnitStore
+from advtrain.cli.trust import check_config_targets
 from advtrain.data.base import tensors_sha256
 from advtrain.report import (
     SCHEMA_VERSION,
@@ -71,8 +76,10 @@ from advtrain.report import (
     summary_table,
     write_report,
 )
+from advtrain.report.folders import reserve_report_dir
 from advtrain.report.ledger import append_entry, canonical_json, verify_ledger
 from advtrain.report.schema import REPORT_SCHEMA, ReportSchemaError, check_report
+from advtrain.report.signing import load_private_key, mac_key
 from advtrain.report.writer import _json_safe
 
 DATA_HASH_METHOD = (
@@ -88,6 +95,11 @@ WHITE_BOX_UNTRUSTED = (
     "model_checks_failed",
 )
 _BOUND_METHODS = ("ibp", "crown", "crown_ibp")
+#: The report's sanity warning when the checks were switched off.
+NOT_CHECKED = (
+    "the sanity checks were not run (sanity.enabled=false): nothing checked these white-box "
+    "numbers for gradient masking, randomness or saturated outputs"
+)
 
 UnitHook = Callable[[str], None]
 
@@ -106,6 +118,15 @@ def _apply_run_dir(cfg: DictConfig) -> None:
         )
     rc = OmegaConf.load(conf)
     if cfg.get("use_run_config", True):
+        # A delivered folder's config is data: only allowed targets are ever instantiated.
+        for key in ("model", "data"):
+            check_config_targets(
+                rc.get(key),
+                f"run_dir={run}: config_resolved.yaml",
+                allow=list(cfg.get("allow_targets") or []),
+                trust=bool(cfg.get("trust_config")),
+                path=key,
+            )
         cfg.model = rc.model
         cfg.data = rc.data
     attack = rc.get("attack") or {}
@@ -132,6 +153,41 @@ def _check_targets(cfg: DictConfig) -> None:
             check_targets(node, key)
 
 
+def _save_weights(net: nn.Module, output_dir: Path) -> tuple[Path, str]:
+    """Saves the evaluated weights as ``model.pt`` (or ``model-<sha>.pt`` where another
+    ``model.pt``, which an earlier ledger entry may name, is there); returns path and SHA-256."""
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    path = output_dir / "model.pt"
+    if path.exists() and sha256_file(path) != digest:
+        path = output_dir / f"model-{digest[:12]}.pt"
+    if not path.exists():
+        path.write_bytes(data)
+    return path, digest
+
+
+def _signing_key(cfg: DictConfig) -> Any:
+    """The ledger's Ed25519 private key (``ledger_key=`` or ``$ADVTRAIN_LEDGER_KEY``), if any."""
+    path = cfg.get("ledger_key") or os.environ.get("ADVTRAIN_LEDGER_KEY")
+    return load_private_key(str(path)) if path else None
+
+
+def _rejected_state_flag(count: int, authenticated: bool) -> dict[str, Any]:
+    kind = "HMAC" if authenticated else "SHA-256"
+    return {
+        "code": "resumed_state_rejected",
+        "triggered": True,
+        "message": f"{count} stored unit(s) of the interrupted evaluation failed their {kind} "
+        "check (edited, copied from another evaluation, or damaged) and were recomputed: the "
+        "numbers here are computed, not read back",
+        "advice": "find out who or what changed output_dir/eval_state; with ledger_key= set, "
+        "units are authenticated by a key only the evaluator holds",
+        "details": {"rejected": count, "authenticated": authenticated},
+    }
+
+
 def _threat(cfg: DictConfig) -> dict[str, Any]:
     if cfg.threat.get("norm") is None:
         cfg.threat.norm = "linf"
@@ -153,7 +209,21 @@ def _threat(cfg: DictConfig) -> dict[str, Any]:
 def _device(spec: str | None) -> torch.device:
     if spec in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(str(spec))
+    try:
+        device = torch.device(str(spec))
+    except RuntimeError as err:
+        raise ValueError(f"device={spec!r} is not a device ({err}); use auto, cpu or cuda") from (
+            None
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={spec} but this PyTorch has no usable CUDA device "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False): use device=cpu "
+            "or device=auto"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def _container(node: Any) -> Any:
@@ -448,9 +518,7 @@ def run(
         ckpt_sha = ckpt.sha256
         ckpt_info = {"format": ckpt.format, "loaded_with": ckpt.loaded_with}
     elif model is not None:
-        ckpt_path = output_dir / "model.pt"
-        torch.save(net.state_dict(), ckpt_path)
-        ckpt_sha = sha256_file(ckpt_path)
+        ckpt_path, ckpt_sha = _save_weights(net, output_dir)
         ckpt_info = {"format": "state_dict", "loaded_with": "weights_only"}
     else:
         raise ValueError(
@@ -500,6 +568,10 @@ def run(
 
     grid_cfg = cfg.get("eps_grid") or {}
     factors = [float(f) for f in (grid_cfg.get("factors") or [])]
+    if any(not (math.isfinite(f) and f >= 0) for f in factors):
+        raise ValueError(
+            f"eps_grid.factors must be finite numbers >= 0 (multiples of threat.eps), got {factors}"
+        )
     grid_eps = sorted({_grid_value(f, threat["eps"]) for f in factors})
     grid_attacks = [str(a) for a in (grid_cfg.get("attacks") or list(attacks))]
     unknown = [a for a in grid_attacks if a not in attacks]
@@ -547,8 +619,13 @@ def run(
             }
         )
     )
+    signing_key = _signing_key(cfg)
     store = UnitStore(
-        output_dir / "eval_state", fingerprint, settings, bool(cfg.get("resume", True))
+        output_dir / "eval_state",
+        fingerprint,
+        settings,
+        bool(cfg.get("resume", True)),
+        mac=None if signing_key is None else mac_key(signing_key),
     )
     runner = _Runner(store, seed, bool(cfg.get("progress", True)), on_unit)
 
@@ -753,14 +830,23 @@ def run(
         flags += _sanity_results(
             clean_acc, per_attack, grid_worst, float(sanity_cfg.get("margin", 0.03))
         )
+    if store.rejected:
+        flags.append(_rejected_state_flag(store.rejected, store.mac is not None))
     for f in flags:
         f["white_box_untrusted"] = bool(f["triggered"] and f["code"] in WHITE_BOX_UNTRUSTED)
     warning = _white_box_warning(flags)
+    checked = bool(sanity_cfg.get("enabled", True))
+    # not checked is not trustworthy: None, with the reason, where the checks were switched off
+    trustworthy: bool | None = (warning is None) if checked else None
+    if not checked:
+        warning = NOT_CHECKED
 
     timings.update(runner.seconds)
     timings["total_wall"] = time.perf_counter() - wall
+    # a folder of its own for this report: never over files an earlier ledger entry names
+    report_dir = reserve_report_dir(output_dir)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    config_file = output_dir / "config_resolved.yaml"
+    config_file = report_dir / "config_resolved.yaml"
     config_file.write_text(config_yaml)
     data_cfg = cfg.get("data") or {}
     report: dict[str, Any] = {
@@ -799,7 +885,7 @@ def run(
         "sanity": {
             "flags": flags,
             "triggered": [f["code"] for f in flags if f["triggered"]],
-            "white_box_trustworthy": warning is None,
+            "white_box_trustworthy": trustworthy,
             "warning": warning,
             "model_check_examples": k_sanity,
         },
@@ -818,11 +904,14 @@ def run(
         "resume": {
             "units": store.reused + store.computed,
             "reused": store.reused,
+            "rejected": store.rejected,
+            "authenticated": store.mac is not None,
             "state_dir": str(store.root),
         },
     }
+    report["report_dir"] = str(report_dir)
     check_report(_json_safe(report), "the evaluation report")
-    json_path = write_report(report, output_dir, html=True)
+    json_path = write_report(report, report_dir, html=True)
 
     ledger = cfg.get("ledger")
     if ledger:
@@ -830,8 +919,8 @@ def run(
             str(ledger),
             {
                 "report": json_path,
-                "report_md": output_dir / "report.md",
-                "report_html": output_dir / "report.html",
+                "report_md": report_dir / "report.md",
+                "report_html": report_dir / "report.html",
                 "checkpoint": ckpt_path,
                 "config": config_file,
             },
@@ -843,8 +932,9 @@ def run(
                 "threat_model": threat,
                 "n_examples": n,
                 "data_sha256": data_sha,
-                "white_box_trustworthy": warning is None,
+                "white_box_trustworthy": trustworthy,
             },
+            signing_key=signing_key,
         )
         print(
             f"[advtrain-eval] ledger {ledger}: appended entry {entry['index']} "
@@ -854,7 +944,8 @@ def run(
 
 
 def _print_summary(report: Mapping[str, Any], output_dir: str) -> None:
-    print(summary_table(report, str(Path(output_dir) / "report.html")))
+    folder = Path(str(report.get("report_dir") or output_dir))
+    print(summary_table(report, str(folder / "report.html")))
     sanity = report.get("sanity") or {}
     if sanity.get("warning"):
         bar = "!" * 78
@@ -872,6 +963,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (CheckpointError, ValueError, TypeError) as exc:
         print(f"advtrain-eval: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        print(f"advtrain-eval: error: {explain_write_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(
             f"\nadvtrain-eval: interrupted; finished work is saved in {cfg.output_dir}/eval_state. "
@@ -884,17 +980,62 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 # -- subcommands --------------------------------------------------------------------------------
 def verify_main(argv: Sequence[str]) -> int:
-    """``advtrain-eval verify LEDGER [--no-files]``: 0 if nothing was altered, 1 otherwise."""
+    """``advtrain-eval verify LEDGER [--public-key KEY.pub] [--head HASH] [--files-root DIR]
+    [--no-files]``: 0 if nothing was altered, 1 otherwise, 2 for an unusable key."""
+    from advtrain.report.signing import LedgerKeyError, load_public_key
+
     parser = argparse.ArgumentParser(
         prog="advtrain-eval verify",
-        description="Re-hash a ledger's chain and the files its entries name.",
+        description="Re-hash a ledger's chain and the files its entries name; with a public key, "
+        "check every entry's signature; with a kept head hash, detect removed last entries.",
     )
     parser.add_argument("ledger", help="the ledger.jsonl to verify")
     parser.add_argument("--no-files", action="store_true", help="check only the hash chain")
+    parser.add_argument("--public-key", help="the evaluator's Ed25519 public key (PEM)")
+    parser.add_argument("--head", help="a head hash kept from an earlier verify")
+    parser.add_argument(
+        "--files-root",
+        action="append",
+        default=[],
+        help="another folder whose files may be re-hashed (default: the ledger's folder only)",
+    )
     args = parser.parse_args(list(argv))
-    result = verify_ledger(args.ledger, check_files=not args.no_files)
+    try:
+        public = load_public_key(args.public_key) if args.public_key else None
+    except LedgerKeyError as exc:
+        print(f"advtrain-eval verify: error: {exc}", file=sys.stderr)
+        return 2
+    result = verify_ledger(
+        args.ledger,
+        check_files=not args.no_files,
+        public_key=public,
+        head=args.head,
+        files_roots=args.files_root,
+    )
     print(result.format(args.ledger), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
+
+
+def keygen_main(argv: Sequence[str]) -> int:
+    """``advtrain-eval keygen DIR``: a new Ed25519 key pair for signing ledger entries."""
+    from advtrain.report.signing import LedgerKeyError, generate_keypair, key_id, load_public_key
+
+    parser = argparse.ArgumentParser(
+        prog="advtrain-eval keygen",
+        description="Create an Ed25519 key pair: sign ledger entries with ledger_key=PRIVATE; "
+        "reviewers verify with --public-key PUBLIC.",
+    )
+    parser.add_argument("folder", help="where to write the key pair (never overwritten)")
+    args = parser.parse_args(list(argv))
+    try:
+        private, public = generate_keypair(args.folder)
+    except LedgerKeyError as exc:
+        print(f"advtrain-eval keygen: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"private key: {private} (keep it secret; sign with ledger_key={private})")
+    print(f"public key:  {public} (give it to reviewers: verify --public-key {public})")
+    print(f"key id:      {key_id(load_public_key(public))}")
+    return 0
 
 
 def compare_main(argv: Sequence[str]) -> int:
@@ -934,6 +1075,7 @@ def schema_main(argv: Sequence[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "verify": verify_main,
+    "keygen": keygen_main,
     "compare": compare_main,
     "schema": schema_main,
 }

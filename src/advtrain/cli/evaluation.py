@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from advtrain.attacks.autoattack import AutoAttackResult
-from advtrain.attacks.checks import run_sanity_checks
+from advtrain.attacks.checks import SanityFlag, run_sanity_checks
 from advtrain.certify.certificates import certified_section
 from advtrain.cli.config import lightning_package
 from advtrain.data.base import tensors_sha256
@@ -27,6 +28,20 @@ def load_lightning_weights(module: LightningModule, checkpoint: str) -> None:
     """Loads a Lightning checkpoint's weights into ``module`` with ``weights_only=True``."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
+
+
+def untrained_flag() -> SanityFlag:
+    """The flag of a run that took no optimizer step (``trainer.max_epochs=0``, an empty
+    training split): its report describes the initial weights."""
+    return SanityFlag(
+        code="untrained_model",
+        triggered=True,
+        message="the run took no optimizer step: this report evaluates the untrained, randomly "
+        "initialised weights",
+        advice="train for at least one epoch (trainer.max_epochs >= 1) on a non-empty split, or "
+        "resume from a checkpoint that has trained",
+        details={"optimizer_steps": 0},
+    )
 
 
 def threat_normalization(
@@ -53,6 +68,7 @@ def evaluate_checkpoint(
     output_dir: Path,
     timings: dict[str, float],
     data_normalization: dict[str, Any] | None = None,
+    trained_steps: int | None = None,
 ) -> dict[str, Any]:
     """Evaluates the best checkpoint on the test split and writes the report.
 
@@ -62,6 +78,7 @@ def evaluate_checkpoint(
 
     ``data_normalization`` is the normalisation the training callback found in the training
     data (``None``: the data was in pixels); the report records where the inputs are normalised.
+    ``trained_steps`` (the optimizer steps the run took) of 0 raises the ``untrained_model`` flag.
     """
     start = time.perf_counter()
     if checkpoint is not None:
@@ -135,6 +152,10 @@ def evaluate_checkpoint(
         per_attack_acc=dict(result.robust_accuracy),
         eps_grid_acc={p["eps"]: p["accuracy"] for p in curve} or None,
     )
+
+    if trained_steps == 0:
+        flags.insert(0, untrained_flag())
+        print(f"advtrain-train: WARNING {flags[0]}", file=sys.stderr)
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     (output_dir / "config_resolved.yaml").write_text(config_yaml)

@@ -501,12 +501,28 @@ def max_epochs_factor(cfg: DictConfig) -> float | None:
     return float(factor)
 
 
+def check_seed(value: Any) -> int:
+    """The run's ``seed`` as an integer.
+
+    Raises:
+        ConfigError: For anything but an integer (``seed=abc``, ``seed=1.5``).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or (isinstance(value, str) and not value.strip().lstrip("-").isdigit())
+    ):
+        raise ConfigError(f"seed must be an integer (e.g. seed=0), got {value!r}")
+    return int(value)
+
+
 def check_config(cfg: DictConfig) -> None:
     """All checks :func:`advtrain.cli.train.run` makes before building anything.
 
     Raises:
         ConfigError: On the first problem found.
     """
+    check_seed(cfg.get("seed", 0))
     check_schema_keys(cfg)
     check_targets(cfg)
     max_epochs_factor(cfg)
@@ -534,6 +550,7 @@ __all__ = [
     "TRADESMethod",
     "check_config",
     "check_schema_keys",
+    "check_seed",
     "check_targets",
     "check_trainer",
     "diagnose_overrides",

@@ -22,9 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
+from advtrain.checkpoints import CheckpointError, check_training_checkpoint
 from advtrain.cli.config import coerce_fractions, lightning_package, register_resolvers
+from advtrain.cli.errors import WRITE_ERRORS, explain_write_error
 from advtrain.cli.evaluation import evaluate_checkpoint
 from advtrain.cli.schemas import (
+    ConfigError,
     check_config,
     diagnose_overrides,
     max_epochs_factor,
@@ -184,9 +187,17 @@ def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[
         # A requeued job (preemption, time limit): go on from where the signal stopped it.
         print(f"advtrain-train: resuming from {resume_from}", file=sys.stderr)
         ckpt_path = str(resume_from)
+    if ckpt_path is not None:
+        # before Lightning reads it: a clear error for anything but this run's training state
+        check_training_checkpoint(str(ckpt_path), module)
     fit_start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=ckpt_path,
+            **adapter.weights_only_kwargs(trainer),
+        )
     except DatasetNotFoundError as err:
         # The download (``prepare_data``) runs inside fit: report the data problem, which names
         # every missing file, without the Lightning internals it travelled through.
@@ -209,6 +220,7 @@ def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[
         output_dir=output_dir,
         timings=timings,
         data_normalization=_data_normalization(trainer),
+        trained_steps=int(trainer.global_step),
     )
     print(summary_table(report, str(output_dir / "report.md")))
     return report
@@ -216,7 +228,16 @@ def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except (CheckpointError, ConfigError) as exc:
+        print(f"advtrain-train: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        print(f"advtrain-train: error: {explain_write_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

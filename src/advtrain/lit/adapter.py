@@ -242,9 +242,7 @@ if not installed():  # pragma: no cover - a core-only install
 #: Base of advtrain's callbacks: a Callback of every installed Lightning package.
 Callback: type = _dual("Callback", "A Lightning Callback under both Lightning packages.")
 #: Base of advtrain's LightningModules.
-LightningModule: type = _dual(
-    "LightningModule", "A LightningModule under both Lightning packages."
-)
+LightningModule: type = _dual("LightningModule", "A LightningModule under both Lightning packages.")
 #: Base of advtrain's data modules.
 LightningDataModule: type = _dual(
     "LightningDataModule", "A LightningDataModule under both Lightning packages."
@@ -310,6 +308,18 @@ def hook_context(module: Any, hook: str) -> Iterator[None]:
         module._current_fx_name = previous
 
 
+def weights_only_kwargs(trainer: Any) -> dict[str, Any]:
+    """``{"weights_only": True}`` for ``Trainer.fit`` where this Lightning release takes it
+    (checkpoints are then read without unpickling code, whatever torch's default is)."""
+    import inspect
+
+    return (
+        {"weights_only": True}
+        if "weights_only" in inspect.signature(trainer.fit).parameters
+        else {}
+    )
+
+
 def training_data_source(trainer: Any) -> Any:
     """The fit loop's training data source (its ``dataloader()`` builds the training loader), or
     ``None`` where this Lightning release keeps it elsewhere."""
@@ -362,4 +372,5 @@ __all__ = [
     "profiler_active",
     "trainer_package",
     "training_data_source",
+    "weights_only_kwargs",
 ]

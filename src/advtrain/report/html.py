@@ -243,7 +243,12 @@ def render_html(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> s
     """
     out = Path(out_dir)
     sanity = report.get("sanity") or {}
-    if sanity and not sanity.get("white_box_trustworthy", True):
+    if sanity and sanity.get("white_box_trustworthy", True) is None:
+        banner = (
+            '<div class="banner"><strong>Sanity checks not run.</strong><br>'
+            f"{_e(sanity.get('warning', ''))}</div>"
+        )
+    elif sanity and not sanity.get("white_box_trustworthy", True):
         banner = (
             '<div class="banner"><strong>WARNING: white-box robust accuracy cannot be trusted.'
             f"</strong><br>{_e(sanity.get('warning', ''))}</div>"

@@ -246,7 +246,10 @@ REPORT_SCHEMA: dict[str, Any] = {
             "properties": {
                 "flags": {"type": "array", "items": _FLAG},
                 "triggered": {"type": "array", "items": {"type": "string"}},
-                "white_box_trustworthy": {"type": "boolean"},
+                "white_box_trustworthy": {
+                    "type": ["boolean", "null"],
+                    "description": "null: the sanity checks were not run",
+                },
                 "warning": {"type": ["string", "null"]},
                 "model_check_examples": _COUNT,
             },
@@ -266,6 +269,10 @@ REPORT_SCHEMA: dict[str, Any] = {
         },
         "config_sha256": _SHA256,
         "config_file": {"type": "string"},
+        "report_dir": {
+            "type": "string",
+            "description": "the folder of this report (a resumed evaluation writes reports/v<k>)",
+        },
         "data_sha256": _SHA256,
         "seed": {"type": "integer"},
         "timings_s": {"type": "object", "additionalProperties": _NONNEG},
@@ -288,7 +295,13 @@ REPORT_SCHEMA: dict[str, Any] = {
         "figures": {"type": "object", "additionalProperties": {"type": "string"}},
         "resume": {
             "type": "object",
-            "properties": {"units": _COUNT, "reused": _COUNT, "state_dir": {"type": "string"}},
+            "properties": {
+                "units": _COUNT,
+                "reused": _COUNT,
+                "rejected": _COUNT,
+                "authenticated": {"type": "boolean"},
+                "state_dir": {"type": "string"},
+            },
         },
     },
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import html
 import json
 import math
 import os
@@ -214,12 +215,17 @@ def result_rows(report: Mapping[str, Any]) -> list[tuple[str, float | None, str]
     return rows
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def escape_md(text: Any) -> str:
+    """Text from a config, a model or a data set, made inert in Markdown: HTML special characters
+    as entities (renderers pass raw HTML through), table pipes escaped, one line."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _code(value: Any) -> str:
-    return f"`{value}`" if value not in (None, "") else "n/a"
+    """A code span; backticks in the value would end it, so they become quotes."""
+    if value in (None, ""):
+        return "n/a"
+    return "`" + str(value).replace("`", "'").replace("\n", " ") + "`"
 
 
 def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
@@ -227,7 +233,7 @@ def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
     if grid and grid.get("eps"):
         names = list(grid["accuracy"])
         out = ["", "## Robust accuracy against eps", ""]
-        out.append("| eps | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+        out.append("| eps | " + " | ".join(escape_md(n.replace("_", " ")) for n in names) + " |")
         out.append("|---|" + "---|" * len(names))
         for i, eps in enumerate(grid["eps"]):
             cells = " | ".join(_pct(grid["accuracy"][n][i]) for n in names)
@@ -235,7 +241,8 @@ def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
         return out
     curve = report.get("eps_curve")
     if curve:
-        out = ["", f"## Robust accuracy against eps ({report.get('eps_curve_attack', '')})", ""]
+        attack = escape_md(report.get("eps_curve_attack", ""))
+        out = ["", f"## Robust accuracy against eps ({attack})", ""]
         out += ["| eps | accuracy |", "|---|---|"]
         out += [f"| {p['eps']:.4g} | {_pct(p['accuracy'])} |" for p in curve]
         return out
@@ -253,10 +260,11 @@ def _markdown_certified(report: Mapping[str, Any]) -> list[str]:
         out += ["| method | eps | verified accuracy |", "|---|---|---|"]
         for name, res in bounds.items():
             if not res.get("supported"):
-                out.append(f"| {name} | — | not supported: {_md_escape(res.get('reason', ''))} |")
+                reason = escape_md(res.get("reason", ""))
+                out.append(f"| {escape_md(name)} | — | not supported: {reason} |")
                 continue
             for eps, acc in zip(res["eps"], res["accuracy"], strict=True):
-                out.append(f"| {name} | {eps:.4g} | {_pct(acc)} |")
+                out.append(f"| {escape_md(name)} | {eps:.4g} | {_pct(acc)} |")
     if smoothing:
         out += [
             "",
@@ -279,7 +287,7 @@ def _markdown_certified(report: Mapping[str, Any]) -> list[str]:
             out += [
                 "",
                 f"Gap at eps={gap['eps']:.4g}: empirical worst case {_pct(gap['empirical'])} − "
-                f"certified ({gap['certificate']}) {_pct(gap['certified'])} = "
+                f"certified ({escape_md(gap['certificate'])}) {_pct(gap['certified'])} = "
                 f"{100 * gap['gap']:.1f} percentage points (the true robust accuracy lies in "
                 "between).",
             ]
@@ -294,11 +302,12 @@ def _markdown_per_class(report: Mapping[str, Any]) -> list[str]:
         return []
     names = list(pc["accuracy"])
     out = ["", "## Accuracy per class", ""]
-    out.append("| class | n | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+    header = " | ".join(escape_md(n.replace("_", " ")) for n in names)
+    out.append(f"| class | n | {header} |")
     out.append("|---|---|" + "---|" * len(names))
     for i, cls in enumerate(pc["classes"]):
         cells = " | ".join(_pct(pc["accuracy"][n][i]) for n in names)
-        out.append(f"| {cls} | {pc['support'][i]} | {cells} |")
+        out.append(f"| {escape_md(cls)} | {pc['support'][i]} | {cells} |")
     return out
 
 
@@ -308,12 +317,13 @@ def _markdown_sanity(report: Mapping[str, Any]) -> list[str]:
         return []
     out = ["", "## Sanity checks", ""]
     for flag in sanity.get("flags", []):
+        code, message = escape_md(flag["code"]), escape_md(flag["message"])
         if flag["triggered"]:
-            line = f"- **[WARNING] {flag['code']}**: {flag['message']}"
+            line = f"- **[WARNING] {code}**: {message}"
             if flag.get("advice"):
-                line += f" *What to do:* {flag['advice']}"
+                line += f" *What to do:* {escape_md(flag['advice'])}"
         else:
-            line = f"- [ok] {flag['code']}: {flag['message']}"
+            line = f"- [ok] {code}: {message}"
         out.append(line)
     return out
 
@@ -327,10 +337,10 @@ def _markdown_settings(report: Mapping[str, Any]) -> list[str]:
         if key in settings:
             out.append(f"- {key}: {_code(settings[key])}")
     for name, params in (settings.get("attacks") or {}).items():
-        out.append(f"- attack `{name}`: `{json.dumps(params, sort_keys=True)}`")
+        out.append(f"- attack {_code(name)}: {_code(json.dumps(params, sort_keys=True))}")
     for key in ("eps_grid", "certify", "sanity"):
         if key in settings:
-            out.append(f"- {key}: `{json.dumps(settings[key], sort_keys=True)}`")
+            out.append(f"- {key}: {_code(json.dumps(settings[key], sort_keys=True))}")
     return out
 
 
@@ -366,36 +376,38 @@ def markdown(report: Mapping[str, Any]) -> str:
     threat = report["threat_model"]
     out = ["# advtrain robustness report", ""]
     sanity = report.get("sanity") or {}
-    if sanity and not sanity.get("white_box_trustworthy", True):
+    if sanity and sanity.get("white_box_trustworthy", True) is None:
+        out += [f"> **Sanity checks not run.** {escape_md(sanity.get('warning', ''))}", ""]
+    elif sanity and not sanity.get("white_box_trustworthy", True):
         out += [
             f"> **WARNING: white-box robust accuracy cannot be trusted.** "
-            f"{sanity.get('warning', '')}",
+            f"{escape_md(sanity.get('warning', ''))}",
             "",
         ]
     out += [
-        f"- data: {report.get('data', {}).get('name', 'n/a')}, {report['n_examples']} examples "
-        f"(sha256 `{report.get('data_sha256', 'n/a')}`)",
-        f"- threat model: {threat['norm']} eps={threat['eps']:.6g}, "
-        f"bounds {tuple(threat['bounds'])} ({normalization_text(threat)})",
-        f"- checkpoint: `{report.get('checkpoint', {}).get('path', 'n/a')}` "
-        f"(sha256 `{report.get('checkpoint', {}).get('sha256', 'n/a')}`)",
-        f"- config sha256: `{report.get('config_sha256', 'n/a')}`",
+        f"- data: {escape_md(report.get('data', {}).get('name', 'n/a'))}, "
+        f"{report['n_examples']} examples (sha256 {_code(report.get('data_sha256'))})",
+        f"- threat model: {escape_md(threat['norm'])} eps={threat['eps']:.6g}, "
+        f"bounds {tuple(threat['bounds'])} ({escape_md(normalization_text(threat))})",
+        f"- checkpoint: {_code(report.get('checkpoint', {}).get('path'))} "
+        f"(sha256 {_code(report.get('checkpoint', {}).get('sha256'))})",
+        f"- config sha256: {_code(report.get('config_sha256'))}",
         "",
     ]
     rows = result_rows(report)
     if report.get("counts"):
         out += ["| evaluation | accuracy | correct |", "|---|---|---|"]
-        out += [f"| {_md_escape(n)} | {_pct(a)} | {c} |" for n, a, c in rows]
+        out += [f"| {escape_md(n)} | {_pct(a)} | {c} |" for n, a, c in rows]
     else:
         out += ["| evaluation | accuracy |", "|---|---|"]
-        out += [f"| {_md_escape(n)} | {_pct(a)} |" for n, a, _ in rows]
+        out += [f"| {escape_md(n)} | {_pct(a)} |" for n, a, _ in rows]
     out += _markdown_eps_grid(report)
     out += _markdown_certified(report)
     out += _markdown_per_class(report)
     out += _markdown_sanity(report)
     out += _markdown_settings(report)
     for name, fname in report.get("figures", {}).items():
-        out += ["", f"![{name}]({fname})"]
+        out += ["", f"![{escape_md(name)}]({escape_md(fname)})"]
     timings = report.get("timings_s", {})
     if timings:
         out += ["", "## Timings", ""] + [f"- {k}: {v:.1f} s" for k, v in timings.items()]
