@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.autoattack import AutoAttack, AutoAttackResult
-from advtrain.attacks.base import model_state_guard
+from advtrain.attacks.base import Attack, model_state_guard
 from advtrain.threat import check_labels
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -224,6 +224,7 @@ def evaluate_attacks(
     n_examples: int | None = None,
     progress: bool = True,
     batch_size: int = 256,
+    first_id: int = 0,
 ) -> EvaluationResult:
     """Clean, per-attack and worst-case accuracy of ``model`` over a dataset.
 
@@ -243,6 +244,9 @@ def evaluate_attacks(
         n_examples: Evaluate only the first ``n_examples`` examples.
         progress: Show a progress bar (tqdm if installed, else plain lines on stderr).
         batch_size: Batch size when ``loader_or_tensors`` is a pair of tensors.
+        first_id: The id of the first example (``first_id + position`` names each example).
+            advtrain attacks draw their random starts and restarts per example from these ids
+            (:mod:`advtrain.randomness`), so the numbers do not depend on ``batch_size``.
 
     Returns:
         An :class:`EvaluationResult`.
@@ -301,6 +305,7 @@ def evaluate_attacks(
             )
         x = x.to(run_device)
         y = y.to(run_device)
+        ids = torch.arange(first_id + seen, first_id + seen + x.shape[0], device=run_device)
         seen += x.shape[0]
 
         t0 = time.perf_counter()
@@ -322,7 +327,10 @@ def evaluate_attacks(
             t0 = time.perf_counter()
             mask = torch.zeros_like(correct)
             if idx.numel() > 0:
-                x_adv = attack(model, x[idx], y[idx])
+                if isinstance(attack, Attack):  # per-example random streams
+                    x_adv = attack(model, x[idx], y[idx], ids=ids[idx])
+                else:
+                    x_adv = attack(model, x[idx], y[idx])
                 with torch.no_grad(), model_state_guard(model, "eval"):
                     mask[idx] = model(x_adv).argmax(1) == y[idx]
                 result = getattr(attack, "last_result", None)

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from advtrain.randomness import Draws
+
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
@@ -275,29 +277,37 @@ class ThreatModel:
         step = step / step.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
         return step.view_as(grad)
 
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def random_start(
+        self,
+        x: Tensor,
+        generator: torch.Generator | Draws | None = None,
+        key: Sequence[int] = (),
+    ) -> Tensor:
         """A random point of the ball around ``x``, clipped to the box.
 
         Linf: uniform in the cube. L2 and L1: a uniformly random direction scaled by a radius drawn
-        so that the point is uniform in the ball (``eps · u^(1/d)``).
+        so that the point is uniform in the ball (``eps · u^(1/d)``). ``generator`` is a
+        ``torch.Generator`` (``None``: torch's global RNG) or an attack call's
+        :class:`~advtrain.randomness.Draws` (``key`` names the draw, e.g. the restart).
         """
         low, high = self.bounds
         if self.eps == 0:
             return x.clone()
+        draws = generator if isinstance(generator, Draws) else Draws(x.device, generator)
         if self.norm == "linf":
             # Uniform in the cube, then clipped to the box. The cube and the box are both products
             # of intervals, so the clipped point stays in the cube: no projection is needed (four
             # in-place ops; attacks draw a start every call, often on small batches).
-            start = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            start = draws.rand(x.shape, x.dtype, (*key, 0))
             return start.mul_(2 * self.eps).sub_(self.eps).add_(x).clamp_(low, high)
         d = x[0].numel()
-        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = draws.randn(x.shape, x.dtype, (*key, 1))
         if self.norm == "l1":
             # Laplace directions are uniform on the L1 sphere after normalisation.
-            e = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            e = draws.rand(x.shape, x.dtype, (*key, 2))
             g = g.sign() * (-torch.log1p(-e.clamp(max=1 - 1e-7)))
         n = _flat_norm(g, self.norm).clamp_min(1e-12)
-        u = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+        u = draws.rand((x.shape[0],), x.dtype, (*key, 3))
         radius = self.eps * u.pow(1.0 / d)
         delta = g / _view(n, g) * _view(radius, g)
         return self.project((x + delta).clamp(low, high), x)

@@ -241,3 +241,26 @@ def test_report_md_escapes_what_it_did_not_write(tmp_path: Path) -> None:
     report = evaluate(run_dir, tmp_path / "eval", tmp_path / "ledger.jsonl")
     md = Path(report["report_dir"], "report.md").read_text()
     assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+
+
+def test_robust_accuracy_does_not_depend_on_the_batch_size(tmp_path: Path) -> None:
+    """Per-example random streams: batch sizes 1, 5 and all give the same per-example results
+    (random starts of every restart drawn from the example's own id)."""
+    from .test_eval_cli import _train_pgd_at
+
+    run_dir = run_folder(tmp_path)
+    torch.save(_train_pgd_at().state_dict(), run_dir / "model.pt")  # a model with a spread
+    results = [
+        evaluate(
+            run_dir,
+            tmp_path / f"eval_bs{bs}",
+            tmp_path / "ledger.jsonl",
+            f"batch_size={bs}",
+            "attacks.pgd-50x5.restarts=3",
+            "threat.eps=0.15",
+        )
+        for bs in (1, 5, 12)
+    ]
+    accuracies = {r["robust_accuracy"]["pgd-50x5"] for r in results}
+    assert len(accuracies) == 1, accuracies
+    assert 0 < next(iter(accuracies)) < results[0]["clean_accuracy"]

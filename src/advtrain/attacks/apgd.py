@@ -191,15 +191,15 @@ class APGD(Attack):
         )
 
     # -- one run --------------------------------------------------------------------------------
-    def _random_start(self, x: Tensor, threat: ThreatModel) -> Tensor:
+    def _random_start(self, x: Tensor, threat: ThreatModel, key: tuple[int, ...]) -> Tensor:
         """The reference start: a random point on the Linf/L2 sphere, or projected noise (L1)."""
-        gen = self.generator(x.device)
+        draws = self.draws(x.device)
         low, high = threat.bounds
         if threat.norm == "linf":
-            t = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+            t = draws.rand(x.shape, x.dtype, key) * 2 - 1
             scale = t.flatten(1).abs().amax(1)
         else:
-            t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            t = draws.randn(x.shape, x.dtype, key)
             if threat.norm == "l1":
                 return threat.project(x + t, x)
             scale = t.flatten(1).norm(p=2, dim=1)
@@ -216,6 +216,7 @@ class APGD(Attack):
         eps: float,
         steps: int,
         x_init: Tensor | None,
+        key: tuple[int, ...] = (),
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """One APGD run from ``x_init`` (or a random start).
 
@@ -227,7 +228,7 @@ class APGD(Attack):
         threat = ThreatModel(norm=self.norm, eps=eps, bounds=self.bounds)
         l1 = threat.norm == "l1"
         linf = threat.norm == "linf"
-        x_adv = self._random_start(x, threat) if x_init is None else threat.project(x_init, x)
+        x_adv = self._random_start(x, threat, key) if x_init is None else threat.project(x_init, x)
         if linf:
             lo, hi = threat.linf_limits(x)
 
@@ -374,11 +375,15 @@ class APGD(Attack):
         y: Tensor,
         target: Tensor | None,
         loss_fn: _Loss,
+        key: tuple[int, ...] = (),
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One run, or the L1 large-eps schedule; returns ``(x_out, fooled, loss_out)``."""
+        """One run, or the L1 large-eps schedule; returns ``(x_out, fooled, loss_out)``.
+
+        ``key`` names the run (target, restart) for per-example draws.
+        """
         if not self.large_eps:
             x_out, fooled, loss_out, _, _ = self._run(
-                model, x, y, target, loss_fn, self.eps, self.steps, None
+                model, x, y, target, loss_fn, self.eps, self.steps, None, key
             )
             return x_out, fooled, loss_out
         first = math.ceil(0.3 * self.steps)
@@ -387,10 +392,7 @@ class APGD(Attack):
         if stages[-1][1] < 1:  # too few iterations for a schedule
             stages = [(self.eps, self.steps)]
         big = ThreatModel(norm="l1", eps=stages[0][0], bounds=self.bounds)
-        gen = self.generator(x.device)
-        x_init = big.project(
-            x + torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype), x
-        )
+        x_init = big.project(x + self.draws(x.device).randn(x.shape, x.dtype, (*key, 9)), x)
         for eps, it in stages[:-1]:
             _, _, _, x_init, _ = self._run(model, x, y, target, loss_fn, eps, it, x_init)
         eps, it = stages[-1]
@@ -424,13 +426,16 @@ class APGD(Attack):
         fooled = logits.argmax(1) != y
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         for run in range(n_runs):
-            for _ in range(self.restarts):
+            for restart in range(self.restarts):
                 todo = (~fooled).nonzero().squeeze(1)
                 if todo.numel() == 0:
                     return x_adv
                 x_r, y_r = x[todo], y[todo]
                 t_r = None if targets is None else targets[todo, run]
-                cand, cand_fooled, cand_loss = self._single(model, x_r, y_r, t_r, loss_fn)
+                with self.narrow(todo):
+                    cand, cand_fooled, cand_loss = self._single(
+                        model, x_r, y_r, t_r, loss_fn, (run, restart)
+                    )
                 # Unfooled examples keep their highest-loss point (losses of different targets
                 # are compared as they are); a fooled one wins.
                 take = cand_fooled | (cand_loss > best_loss[todo])

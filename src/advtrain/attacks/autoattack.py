@@ -319,10 +319,13 @@ class AutoAttack(Attack):
         fitted.n_target_classes = num_classes - 1  # type: ignore[attr-defined]
         return fitted
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Runs the ensemble; see the class docstring. Sets :attr:`last_result`."""
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, ids: Tensor | None = None
+    ) -> Tensor:
+        """Runs the ensemble; see the class docstring. Sets :attr:`last_result`. ``ids``: one id
+        per example for per-example random draws (see :meth:`Attack.__call__`)."""
         if self.eps != 0:
-            return super().__call__(model, x, y)
+            return super().__call__(model, x, y, ids=ids)
         # eps = 0: no attack can change anything, but the result still reports clean accuracy.
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -362,7 +365,10 @@ class AutoAttack(Attack):
             todo = robust.nonzero().squeeze(1)
             runner = self._fit_targets(attack, num_classes)
             if todo.numel() > 0 and runner is not None:
-                cand = runner.perturb(model, x[todo], y[todo])
+                call = self._call_draws  # per-example draws follow the examples into members
+                ids = None if call is None or call.ids is None else call.ids[todo]
+                with runner.example_ids(ids, x.device):
+                    cand = runner.perturb(model, x[todo], y[todo])
                 with torch.no_grad():
                     fooled = model(cand).argmax(1) != y[todo]
                 if first:

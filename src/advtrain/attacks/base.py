@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from advtrain.randomness import Draws
 from advtrain.threat import ThreatModel, check_labels
 
 BNMode = Literal["eval", "train", "train_frozen"]
@@ -165,6 +166,7 @@ class Attack(ABC):
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._label_range: tuple[int, int] | None = None
+        self._call_draws: Draws | None = None  # per-example draws of the current call
 
     # -- threat-model attributes, settable so schedules can drive them --------------------------
     @property
@@ -200,6 +202,37 @@ class Attack(ABC):
             gen.manual_seed(self.seed)
             self._generators[device] = gen
         return gen
+
+    def draws(self, device: torch.device) -> Draws:
+        """The current call's random numbers: per example when the call was given ``ids``,
+        else the attack's generator (see :mod:`advtrain.randomness`)."""
+        call = self._call_draws
+        if call is not None:
+            return call
+        return Draws(device, self.generator(device))
+
+    @contextlib.contextmanager
+    def narrow(self, rows: Tensor) -> Iterator[None]:
+        """Runs a block on the sub-batch ``rows`` of the current call (per-example draws follow
+        the examples; generator draws are unchanged)."""
+        previous = self._call_draws
+        if previous is not None:
+            self._call_draws = previous.narrow(rows)
+        try:
+            yield
+        finally:
+            self._call_draws = previous
+
+    @contextlib.contextmanager
+    def example_ids(self, ids: Tensor | None, device: torch.device) -> Iterator[None]:
+        """Runs a block (e.g. a direct :meth:`perturb`) with per-example draws for ``ids``
+        (``None``: the generator), seeded by this attack's seed (0 when unseeded)."""
+        previous = self._call_draws
+        self._call_draws = None if ids is None else Draws.per_example(self.seed or 0, ids, device)
+        try:
+            yield
+        finally:
+            self._call_draws = previous
 
     def reseed(self, seed: int | None) -> None:
         """Restarts the attack's random stream from ``seed``.
@@ -259,11 +292,30 @@ class Attack(ABC):
         label_range = getattr(self, "_label_range", None)  # read by validate() in this call
         check_labels(y, y.shape[0], num_classes=logits.shape[1], label_range=label_range)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Returns adversarial examples for ``model`` at ``(x, y)``; see the module docstring."""
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Returns adversarial examples for ``model`` at ``(x, y)``; see the module docstring.
+
+        Args:
+            model: The classifier.
+            x: Inputs inside ``bounds``.
+            y: Integer labels.
+            ids: Optional integer id per example (e.g. its index in the test set): random
+                starts and restarts are then drawn per example from ``(seed, id)``, so an
+                example's result does not depend on the batch it is in (evaluation); without,
+                from the attack's generator (training).
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.validate(x, y)
+        if ids is not None and (
+            not isinstance(ids, Tensor)
+            or ids.dtype.is_floating_point
+            or ids.dtype == torch.bool
+            or tuple(ids.shape) != (x.shape[0],)
+        ):
+            raise TypeError(
+                f"ids must be an integer tensor of shape ({x.shape[0]},), one id per example"
+            )
         try:
             if self.eps == 0:
                 return x.detach().clone()
@@ -278,7 +330,8 @@ class Attack(ABC):
                 if y_in.dtype != torch.long:  # int32/uint8 labels: losses index with int64
                     y_in = y_in.long()
                 try:
-                    x_adv = self.perturb(model, x_in, y_in)
+                    with self.example_ids(ids, x.device):
+                        x_adv = self.perturb(model, x_in, y_in)
                 except RuntimeError as err:
                     raise _dtype_error(err, model, x) from None
             return x_adv.detach()

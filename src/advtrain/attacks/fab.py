@@ -197,6 +197,7 @@ class FAB(Attack):
         y: Tensor,
         target: Tensor | None,
         random_start: bool,
+        key: tuple[int, ...] = (),
     ) -> tuple[Tensor, Tensor]:
         """One FAB run; returns ``(best adversarial or x0, its distance or inf)`` per example."""
         low, high = self.bounds
@@ -206,12 +207,12 @@ class FAB(Attack):
         best_dist = torch.full((n,), float("inf"), device=x0.device, dtype=x0.dtype)
         x1 = x0.clone()
         if random_start:
-            gen = self.generator(x0.device)
+            draws = self.draws(x0.device)
             if self.norm == "linf":
-                t = 2 * torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) - 1
+                t = 2 * draws.rand(x0.shape, x0.dtype, key) - 1
                 t_norm = t.flatten(1).abs().amax(dim=1)
             else:
-                t = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+                t = draws.randn(x0.shape, x0.dtype, key)
                 t_norm = t.flatten(1).norm(dim=1)
             x1 = (x0 + 0.5 * self.eps * t / t_norm.clamp_min(1e-12).view(shape)).clamp(low, high)
         active = torch.arange(n, device=x0.device)
@@ -272,13 +273,14 @@ class FAB(Attack):
             runs = [targets[:, k] for k in range(self.n_target_classes)]
         else:
             runs = [None]
-        for target in runs:
+        for run, target in enumerate(runs):
             for restart in range(self.restarts):
                 todo = robust.nonzero().squeeze(1)
                 if todo.numel() == 0:
                     return x_adv
                 t = None if target is None else target[todo]
-                cand, dist = self._run(model, x[todo], y[todo], t, random_start=restart > 0)
+                with self.narrow(todo):
+                    cand, dist = self._run(model, x[todo], y[todo], t, restart > 0, (run, restart))
                 ok = dist <= self.eps
                 x_adv[todo[ok]] = cand[ok]
                 robust[todo[ok]] = False

@@ -92,11 +92,16 @@ class PGD(Attack):
             f"random_start={self.random_start}, loss={self.loss!r}"
         )
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, first: bool) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, restart: int) -> Tensor:
         """One restart from a random (or the clean) point; returns the final iterate."""
         threat = self.threat
         alpha = self.alpha
-        x_adv = threat.random_start(x, self.generator(x.device)) if self.random_start else x.clone()
+        first = restart == 0
+        x_adv = (
+            threat.random_start(x, self.draws(x.device), (restart,))
+            if self.random_start
+            else x.clone()
+        )
         limits = threat.linf_limits(x) if threat.norm == "linf" else None
         for step in range(self.steps):
             x_adv.requires_grad_(True)
@@ -114,7 +119,7 @@ class PGD(Attack):
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if self.restarts == 1:
-            return self._run(model, x, y, first=True)
+            return self._run(model, x, y, restart=0)
         best = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -123,7 +128,8 @@ class PGD(Attack):
             if todo.numel() == 0:
                 break
             x_r, y_r = x[todo], y[todo]
-            cand = self._run(model, x_r, y_r, first=restart == 0)
+            with self.narrow(todo):
+                cand = self._run(model, x_r, y_r, restart=restart)
             with torch.no_grad():
                 logits = model(cand)
                 cand_loss = self.objective(logits, y_r)

@@ -193,17 +193,19 @@ class Square(Attack):
         loss = -F.cross_entropy(logits.float(), y, reduction="none")
         return loss, logits.argmax(dim=1) != y
 
-    def _signs(self, shape: Sequence[int], like: Tensor) -> Tensor:
-        gen = self.generator(like.device)
-        bits = torch.randint(0, 2, tuple(shape), generator=gen, device=like.device)
+    def _signs(self, shape: Sequence[int], like: Tensor, key: Sequence[int] = ()) -> Tensor:
+        bits = self.draws(like.device).randint(0, 2, shape, key)
         return (2 * bits - 1).to(like.dtype)
 
-    def _positions(self, m: int, span: int, device: torch.device) -> Tensor:
+    def _positions(
+        self, m: int, span: int, device: torch.device, key: Sequence[int] = ()
+    ) -> Tensor:
         """``m`` random window offsets in ``[0, span]``."""
-        gen = self.generator(device)
-        return torch.randint(0, span + 1, (m,), generator=gen, device=device)
+        return self.draws(device).randint(0, span + 1, (m,), key)
 
-    def _nonzero_pattern(self, m: int, c: int, device: torch.device) -> Tensor:
+    def _nonzero_pattern(
+        self, m: int, c: int, device: torch.device, key: Sequence[int] = ()
+    ) -> Tensor:
         """``(m, c, 1, 1)`` boolean patterns, uniform over the non-zero ones (``c <= 20``).
 
         XOR-ing a sign vector with such a pattern gives a uniform draw among the other sign
@@ -211,21 +213,19 @@ class Square(Attack):
         (each channel's window held the old value everywhere). Above 20 channels a plain uniform
         pattern is drawn (all-zero with probability below 1e-6; the caller redraws).
         """
-        gen = self.generator(device)
+        draws = self.draws(device)
         if c > 20:
-            return torch.empty((m, c, 1, 1), dtype=torch.bool, device=device).bernoulli_(
-                0.5, generator=gen
-            )
-        code = torch.randint(1, 2**c, (m, 1), generator=gen, device=device)
+            return draws.coin((m, c, 1, 1), key)
+        code = draws.randint(1, 2**c, (m, 1), key)
         bits = (code >> torch.arange(c, device=device)) & 1
         return bits.bool().view(m, c, 1, 1)
 
-    def _init_linf(self, x: Tensor) -> Tensor:
+    def _init_linf(self, x: Tensor, key: tuple[int, ...] = ()) -> Tensor:
         n, c, _, w = x.shape
         low, high = self.bounds
-        return (x + self.eps * self._signs((n, c, 1, w), x)).clamp(low, high)
+        return (x + self.eps * self._signs((n, c, 1, w), x, key)).clamp(low, high)
 
-    def _init_l2(self, x: Tensor) -> Tensor:
+    def _init_l2(self, x: Tensor, key: tuple[int, ...] = ()) -> Tensor:
         n, c, h, w = x.shape
         low, high = self.bounds
         s = max(min(h, w) // 5, 1)
@@ -234,11 +234,14 @@ class Square(Attack):
         delta = torch.zeros_like(x)
         for top in range(top0, h - s + 1, s):
             for left in range(left0, w - s + 1, s):
-                delta[:, :, top : top + s, left : left + s] += block * self._signs((n, c, 1, 1), x)
+                signs = self._signs((n, c, 1, 1), x, (*key, top, left))
+                delta[:, :, top : top + s, left : left + s] += block * signs
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return (x + delta / norm * self.eps).clamp(low, high)
 
-    def _step_linf(self, x: Tensor, x_best: Tensor, p: float, tables: _Tables) -> Tensor:
+    def _step_linf(
+        self, x: Tensor, x_best: Tensor, p: float, tables: _Tables, key: tuple[int, ...] = ()
+    ) -> Tensor:
         """Candidate: one random window per example set to ``±eps`` per channel.
 
         ``tables`` holds the clipped corners ``x - eps`` and ``x + eps`` of the box (computed once
@@ -247,25 +250,27 @@ class Square(Attack):
         m, c, h, w = x.shape
         s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w))
         mask = tables.window_mask(
-            s, self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
+            s,
+            self._positions(m, h - s, x.device, (*key, 0)),
+            self._positions(m, w - s, x.device, (*key, 1)),
         )
-        gen = self.generator(x.device)
-        up = torch.empty((m, c, 1, 1), dtype=torch.bool, device=x.device).bernoulli_(
-            0.5, generator=gen
-        )
+        up = self.draws(x.device).coin((m, c, 1, 1), (*key, 2))
         cand = torch.where(mask, torch.where(up, tables.high, tables.low), x_best)
         # Where the window would not change, flip the signs by a uniformly drawn non-zero
         # pattern (a uniform redraw among the other sign vectors; free: no query is spent).
-        for _ in range(_MAX_RESAMPLES):
+        for resample in range(_MAX_RESAMPLES):
             same = ~cand.ne(x_best).flatten(1).any(dim=1)
             if not bool(same.any()):
                 break
-            flip = self._nonzero_pattern(m, c, x.device) & same.view(-1, 1, 1, 1)
+            pattern = self._nonzero_pattern(m, c, x.device, (*key, 3, resample))
+            flip = pattern & same.view(-1, 1, 1, 1)
             up = up ^ flip
             cand = torch.where(mask, torch.where(up, tables.high, tables.low), x_best)
         return cand
 
-    def _step_l2(self, x: Tensor, x_best: Tensor, p: float, tables: _Tables) -> Tensor:
+    def _step_l2(
+        self, x: Tensor, x_best: Tensor, p: float, tables: _Tables, key: tuple[int, ...] = ()
+    ) -> Tensor:
         """Candidate: a new centred-difference block in window 1, mass taken from window 2."""
         m, c, h, w = x.shape
         low, high = self.bounds
@@ -273,8 +278,10 @@ class Square(Attack):
         s = max(round(math.sqrt(p * h * w)), 3)
         s += 1 - s % 2  # odd side
         s = min(s, min(h, w))
-        top1, left1 = self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
-        top2, left2 = self._positions(m, h - s, x.device), self._positions(m, w - s, x.device)
+        top1 = self._positions(m, h - s, x.device, (*key, 0))
+        left1 = self._positions(m, w - s, x.device, (*key, 1))
+        top2 = self._positions(m, h - s, x.device, (*key, 2))
+        left2 = self._positions(m, w - s, x.device, (*key, 3))
         mask1 = tables.window_mask(s, top1, left1)
         mask2 = tables.window_mask(s, top2, left2)
         delta = x_best - x
@@ -282,11 +289,11 @@ class Square(Attack):
         norm_win1 = (delta * mask1).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
         norm_union = (delta * (mask1 | mask2)).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
         block = centred_difference_block(s).to(device=x.device, dtype=x.dtype)
-        flip = self._positions(m, 1, x.device).bool().view(-1, 1, 1, 1)
+        flip = self._positions(m, 1, x.device, (*key, 4)).bool().view(-1, 1, 1, 1)
         blocks = torch.where(flip, block.t(), block).expand(m, c, s, s)
         idx1 = _window_index(top1, left1, s)
         old = delta[idx1[0], :, idx1[1], idx1[2]].permute(0, 3, 1, 2)  # (m, c, s, s)
-        new = blocks * self._signs((m, c, 1, 1), x) + old / (norm_win1 + 1e-10)
+        new = blocks * self._signs((m, c, 1, 1), x, (*key, 5)) + old / (norm_win1 + 1e-10)
         new_norm = new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12)
         budget = ((eps**2 - norm_img**2).clamp_min(0) / c + norm_union**2).sqrt()
         new = new / new_norm * budget
@@ -296,7 +303,9 @@ class Square(Attack):
         return (x + delta / norm * eps).clamp(low, high)
 
     # -- the search -----------------------------------------------------------------------------
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, restart: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One restart on ``(x, y)``; returns ``(x_best, loss_best, fooled)``.
 
         The search works on a compacted copy of the still-robust examples and writes it back
@@ -305,7 +314,7 @@ class Square(Attack):
         init = self._init_linf if self.norm == "linf" else self._init_l2
         step = self._step_linf if self.norm == "linf" else self._step_l2
         low, high = self.bounds
-        x_best = init(x)
+        x_best = init(x, (restart, -1))
         loss_best, fooled = self._score(model, x_best, y)
         i, last = 0, self.n_queries - 1
         while i < last:
@@ -316,7 +325,9 @@ class Square(Attack):
             tables = _Tables(xa, self.eps, low, high, linf=self.norm == "linf")
             fooled_a = torch.zeros_like(ya, dtype=torch.bool)
             while i < last:
-                cand = step(xa, xb, p_schedule(self.p_init, i, self.n_queries), tables)
+                with self.narrow(active):
+                    p = p_schedule(self.p_init, i, self.n_queries)
+                    cand = step(xa, xb, p, tables, (restart, i))
                 i += 1
                 loss, fooled_a = self._score(model, cand, ya)
                 accept = (loss < lb) | fooled_a
@@ -346,11 +357,12 @@ class Square(Attack):
             fooled = logits.argmax(dim=1) != y
             x_adv = x.clone()
             best_loss = torch.full((x.shape[0],), float("inf"), device=x.device)
-            for _ in range(self.restarts):
+            for restart in range(self.restarts):
                 todo = (~fooled).nonzero().squeeze(1)
                 if todo.numel() == 0:
                     break
-                cand, loss, cand_fooled = self._run(model, x[todo], y[todo])
+                with self.narrow(todo):
+                    cand, loss, cand_fooled = self._run(model, x[todo], y[todo], restart)
                 better = cand_fooled | (loss < best_loss[todo])
                 idx = todo[better]
                 x_adv[idx] = cand[better]

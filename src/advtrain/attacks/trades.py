@@ -102,12 +102,11 @@ class TRADESAttack(Attack):
         with torch.no_grad():
             clean_logits = model(x)
             self.check_logits(clean_logits, y)
-            noise = torch.randn(
-                x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype
-            )
+            draws = self.draws(x.device)
+            noise = draws.randn(x.shape, x.dtype, (0,))
             x_adv = threat.project(x + self.init_std * noise, x)
         limits = threat.linf_limits(x) if threat.norm == "linf" else None
-        for _ in range(self.steps):
+        for step in range(self.steps):
             x_adv.requires_grad_(True)
             adv_logits, unscale = loss_scaled_logits(
                 model(x_adv), per_example=self.bn_mode == "eval"
@@ -120,12 +119,7 @@ class TRADESAttack(Attack):
                     # A zero gradient (e.g. at x' = x exactly) gets a random direction instead.
                     zero = grad.flatten(1).norm(dim=1) == 0
                     if bool(zero.any()):
-                        rand = torch.randn(
-                            grad.shape,
-                            generator=self.generator(x.device),
-                            device=x.device,
-                            dtype=grad.dtype,
-                        )
+                        rand = draws.randn(grad.shape, grad.dtype, (1, step))
                         grad = torch.where(zero.view(-1, *([1] * (x.dim() - 1))), rand, grad)
                 x_adv = threat.ascent_step(x_adv, grad, alpha, x, limits)  # Linf: in place
         return x_adv.detach()
