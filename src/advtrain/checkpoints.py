@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.unpickle import load_skipping
+
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 
@@ -141,13 +143,20 @@ def _check_file(p: Path, what: str) -> None:
 
 
 def load_safely(
-    path: str | os.PathLike[str], trust: bool = False, what: str = "checkpoint"
+    path: str | os.PathLike[str],
+    trust: bool = False,
+    what: str = "checkpoint",
+    skipped: list[str] | None = None,
 ) -> tuple[Any, str, str]:
     """``torch.load``s a file with ``weights_only=True`` (full unpickling only if ``trust``).
 
     Returns:
         ``(object, loaded_with, sha256 of the bytes read)``; ``loaded_with`` is
-        ``"weights_only"`` or ``"trusted_pickle"``.
+        ``"weights_only"``, ``"weights_only+skipped"`` or ``"trusted_pickle"``.
+
+    With ``skipped`` (a list), a file whose only problem is objects beyond tensors (pickled
+    hyper-parameters, a project's own classes) is read with those objects replaced by inert
+    placeholders (:mod:`advtrain.unpickle`), their names appended to ``skipped``.
 
     Raises:
         CheckpointError: A folder, a missing file, or a file torch cannot read (truncated, text,
@@ -168,6 +177,14 @@ def load_safely(
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
         unsafe = "global" in reason.lower() or "reduce" in reason.lower()
+        if not trust and unsafe and skipped is not None:
+            try:
+                obj, names = load_skipping(data)
+            except Exception:  # not readable even so: report the original problem
+                obj, names = None, []
+            if obj is not None:
+                skipped.extend(names)
+                return obj, "weights_only+skipped", digest
         if not trust:
             if not unsafe:
                 raise CheckpointError(
@@ -214,9 +231,48 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> Loaded
         CheckpointError: If the file is missing, unreadable or holds no weights.
         UnsafeCheckpointError: If the file needs full unpickling and ``trust`` is false.
     """
-    obj, loaded_with, digest = load_safely(path, trust)
-    state, fmt = _extract(obj, str(path))
-    return LoadedCheckpoint(str(path), state, fmt, loaded_with, digest)
+    skipped: list[str] = []
+    obj, loaded_with, digest = load_safely(path, trust, skipped=skipped)
+    try:
+        state, fmt = _extract(obj, str(path))
+    except CheckpointError:
+        if not skipped:
+            raise
+        raise UnsafeCheckpointError(  # the weights themselves are inside pickled objects
+            f"checkpoint {str(path)!r} keeps its weights inside pickled objects "
+            f"({', '.join(skipped[:4])}), which cannot be read without running code. If you "
+            "trust where this file comes from, pass trust_checkpoint=true; better, re-save only "
+            "the weights: torch.save(model.state_dict(), path)."
+        ) from None
+    loaded = LoadedCheckpoint(str(path), state, fmt, loaded_with, digest)
+    loaded.extra["skipped"] = skipped
+    loaded.extra["logged"] = logged_accuracy(obj)
+    return loaded
+
+
+def logged_accuracy(obj: Any) -> dict[str, float]:
+    """The clean accuracies a Lightning checkpoint's ``ModelCheckpoint`` monitored (best score),
+    e.g. ``{"val/acc": 0.985}``; robust or verified accuracies are left out."""
+    out: dict[str, float] = {}
+    callbacks = obj.get("callbacks") if isinstance(obj, Mapping) else None
+    if not isinstance(callbacks, Mapping):
+        return out
+    for state in callbacks.values():
+        if not isinstance(state, Mapping):
+            continue
+        monitor, score = state.get("monitor"), state.get("best_model_score")
+        if not isinstance(monitor, str) or score is None:
+            continue
+        name = monitor.lower()
+        if "acc" not in name or any(w in name for w in ("robust", "adv", "verified", "cert")):
+            continue
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            continue
+        if 0.0 <= value <= 1.0:
+            out[monitor] = value
+    return out
 
 
 def check_training_checkpoint(path: str | os.PathLike[str], module: nn.Module) -> None:
@@ -374,6 +430,7 @@ __all__ = [
     "check_training_checkpoint",
     "load_safely",
     "load_weights",
+    "logged_accuracy",
     "match_state_dict",
     "read_checkpoint",
 ]

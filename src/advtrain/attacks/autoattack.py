@@ -319,9 +319,7 @@ class AutoAttack(Attack):
         fitted.n_target_classes = num_classes - 1  # type: ignore[attr-defined]
         return fitted
 
-    def __call__(
-        self, model: nn.Module, x: Tensor, y: Tensor, ids: Tensor | None = None
-    ) -> Tensor:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, ids: Tensor | None = None) -> Tensor:
         """Runs the ensemble; see the class docstring. Sets :attr:`last_result`. ``ids``: one id
         per example for per-example random draws (see :meth:`Attack.__call__`)."""
         if self.eps != 0:

@@ -64,10 +64,12 @@ from advtrain.checkpoints import CheckpointError, load_weights
 from advtrain.cli.config import coerce_fractions, register_resolvers
 from advtrain.cli.errors import WRITE_ERRORS, explain_write_error
 from advtrain.cli.eval_commands import compare_main, keygen_main, schema_main, verify_main
+from advtrain.cli.eval_data import EvalData, contamination, load_split
 from advtrain.cli.eval_state import UnitStore
 from advtrain.cli.schemas import check_seed
 from advtrain.cli.trust import check_config_targets
 from advtrain.data.base import tensors_sha256
+from advtrain.models.view import ClassifierView
 from advtrain.report import (
     SCHEMA_VERSION,
     environment,
@@ -151,6 +153,80 @@ def _check_targets(cfg: DictConfig) -> None:
         node = cfg.get(key)
         if node is not None:
             check_targets(node, key)
+
+
+def add_python_path(folders: Sequence[str]) -> None:
+    """Puts ``folders`` first on ``sys.path`` (a user's own packages, ``python_path=``)."""
+    for folder in reversed([str(Path(str(f)).resolve()) for f in folders]):
+        if not Path(folder).is_dir():
+            raise ValueError(f"python_path: {folder} is not a folder")
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def _load_data(cfg: DictConfig) -> tuple[Any, EvalData]:
+    """The data module and the examples to evaluate (:mod:`advtrain.cli.eval_data`)."""
+    try:
+        datamodule = instantiate(cfg.data.module, _convert_="all")
+    except Exception as err:
+        raise ValueError(
+            f"data.module could not be built ({type(err).__name__}: {err}); check "
+            "data.module._target_ and its arguments (and python_path= for your own package)"
+        ) from None
+    n_req = cfg.get("n_examples")
+    if n_req is not None and (isinstance(n_req, bool) or int(n_req) < 1):
+        raise ValueError(f"n_examples must be a positive integer or null (all), got {n_req!r}")
+    data = load_split(
+        datamodule,
+        str(cfg.data.get("split", "test")),
+        int(n_req) if n_req is not None else None,
+        [float(b) for b in cfg.threat.bounds],
+        cfg.data.get("normalization", "auto"),
+    )
+    return datamodule, data
+
+
+def _data_checks(
+    cfg: DictConfig,
+    datamodule: Any,
+    data: EvalData,
+    clean_acc: float,
+    logged: Mapping[str, float],
+    flags: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Appends the data flags: test examples found in the training data, and a clean accuracy
+    far below the accuracy the checkpoint's own run logged. Returns the contamination record."""
+    settings = _container(cfg.get("contamination") or {})
+    record: dict[str, Any] = {"checked": False, "overlap": 0, "n": int(data.y.numel())}
+    if settings.get("enabled", True):
+        record = contamination(data, datamodule, settings.get("max_train_examples"))
+    if record["overlap"]:
+        flags.append(
+            {
+                "code": "test_data_in_training_data",
+                "triggered": True,
+                "message": f"{record['overlap']} of the {record['n']} evaluated examples also "
+                f"occur in the training split ({record['train_examples']} examples compared): "
+                "the model was trained on them, so every accuracy here overstates it",
+                "advice": "evaluate a split disjoint from the training data (data.split=, or the "
+                "split the training run held out)",
+                "details": record,
+            }
+        )
+    for monitor, score in logged.items():
+        if clean_acc < score - 0.10:
+            flags.append(
+                {
+                    "code": "clean_accuracy_below_training_log",
+                    "triggered": True,
+                    "message": f"clean accuracy {clean_acc:.1%} is far below the {monitor} "
+                    f"{score:.1%} the checkpoint's own run logged",
+                    "advice": "check that the data is the run's (split, normalisation: "
+                    "data.normalization=) and that model= is its architecture",
+                    "details": {"monitor": monitor, "logged": score, "clean": clean_acc},
+                }
+            )
+    return record
 
 
 def _save_weights(net: nn.Module, output_dir: Path) -> tuple[Path, str]:
@@ -499,6 +575,7 @@ def run(
     register_resolvers()
     coerce_fractions(cfg)
     wall = time.perf_counter()
+    add_python_path(cfg.get("python_path") or [])
     _apply_run_dir(cfg)
     _check_targets(cfg)
     threat = _threat(cfg)
@@ -516,11 +593,20 @@ def run(
     else:
         net = instantiate(cfg.model, _convert_="all")
         model_desc = _container(cfg.model)
+    ckpt_logged: dict[str, float] = {}
     if cfg.get("ckpt_path"):
         ckpt = load_weights(net, str(cfg.ckpt_path), trust=bool(cfg.get("trust_checkpoint")))
         ckpt_path = Path(str(cfg.ckpt_path))
         ckpt_sha = ckpt.sha256
         ckpt_info = {"format": ckpt.format, "loaded_with": ckpt.loaded_with}
+        if ckpt.extra.get("skipped"):
+            ckpt_info["skipped"] = list(ckpt.extra["skipped"])
+            print(
+                f"[advtrain-eval] read the weights of {ckpt_path}; skipped what needs code to "
+                f"unpickle: {', '.join(ckpt.extra['skipped'])}",
+                file=sys.stderr,
+            )
+        ckpt_logged = dict(ckpt.extra.get("logged") or {})
     elif model is not None:
         ckpt_path, ckpt_sha = _save_weights(net, output_dir)
         ckpt_info = {"format": "state_dict", "loaded_with": "weights_only"}
@@ -533,20 +619,13 @@ def run(
     for p in net.parameters():
         p.requires_grad_(False)
 
-    # Data.
-    datamodule = instantiate(cfg.data.module, _convert_="all")
-    if not hasattr(datamodule, "test_tensors"):
-        raise TypeError(
-            f"data.module built {type(datamodule).__name__}, which has no test_tensors(limit); "
-            "use an advtrain ClassificationDataModule"
-        )
+    # Data (pixels; the model seen through its normalisation where the data module normalises).
+    datamodule, data = _load_data(cfg)
     n_req = cfg.get("n_examples")
-    if n_req is not None and (isinstance(n_req, bool) or int(n_req) < 1):
-        raise ValueError(f"n_examples must be a positive integer or null (all), got {n_req!r}")
-    x, y = datamodule.test_tensors(int(n_req) if n_req is not None else None)
+    x, y = data.x, data.y
     n = int(y.numel())
-    if n == 0:
-        raise ValueError("the test split is empty")
+    if data.normalization is not None:
+        net = ClassifierView(net, data.normalization).to(device).eval()
     data_sha = tensors_sha256(x, y)
     with torch.no_grad():
         k_out = net(x[:1].to(device)).shape[1]
@@ -611,6 +690,10 @@ def run(
         },
         "sanity": sanity_cfg,
         "model": model_desc,
+        "data": {
+            "split": data.split,
+            "normalization": None if data.normalization is None else data.normalization.as_dict(),
+        },
     }
     env = environment()
     fingerprint = sha256_text(
@@ -838,6 +921,7 @@ def run(
         )
     if store.rejected:
         flags.append(_rejected_state_flag(store.rejected, store.mac is not None))
+    overlap = _data_checks(cfg, datamodule, data, clean_acc, ckpt_logged, flags)
     for f in flags:
         f["white_box_untrusted"] = bool(f["triggered"] and f["code"] in WHITE_BOX_UNTRUSTED)
     warning = _white_box_warning(flags)
@@ -861,9 +945,11 @@ def run(
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "data": {
             "name": str(data_cfg.get("name", "data")),
-            "split": "test",
+            "split": data.split,
             "num_classes": num_classes,
             "hash_method": DATA_HASH_METHOD,
+            "source": data.source,
+            "contamination": overlap,
         },
         "clean_accuracy": clean_acc,
         "robust_accuracy": robust_acc,
@@ -997,6 +1083,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[args[0]](args[1:]))
+    while "--python-path" in args:  # the flag, before Hydra sees the command line
+        i = args.index("--python-path")
+        if i + 1 >= len(args):
+            raise SystemExit("advtrain-eval: --python-path needs a folder")
+        add_python_path([args[i + 1]])
+        del args[i : i + 2]
     register_resolvers()
     sys.argv = [sys.argv[0], *args]
     _hydra_main()

@@ -117,6 +117,12 @@ REPORT_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "name": {"type": "string"},
+                "source": {"type": "string", "enum": ["advtrain", "data module"]},
+                "contamination": {
+                    "type": "object",
+                    "description": "evaluated examples also found in the training split",
+                    "properties": {"checked": {"type": "boolean"}, "overlap": _COUNT},
+                },
                 "split": {"type": "string"},
                 "hash_method": {"type": "string"},
                 "num_classes": _COUNT,
@@ -264,7 +270,15 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "source": {"type": ["string", "null"]},
                 "source_sha256": _SHA256_OR_NULL,
                 "format": {"type": "string"},
-                "loaded_with": {"type": "string", "enum": ["weights_only", "trusted_pickle"]},
+                "loaded_with": {
+                    "type": "string",
+                    "enum": ["weights_only", "weights_only+skipped", "trusted_pickle"],
+                },
+                "skipped": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "globals of the file not unpickled (pickled hyper-parameters)",
+                },
             },
         },
         "config_sha256": _SHA256,

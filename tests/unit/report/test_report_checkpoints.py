@@ -66,15 +66,27 @@ def test_mismatch_names_missing_unexpected_and_shapes() -> None:
     assert "0.weight (checkpoint [4, 3] vs model [5, 3])" in msg
 
 
-def test_pickled_objects_need_trust(tmp_path: Path) -> None:
+def test_pickled_hyperparameters_are_skipped_and_listed(tmp_path: Path) -> None:
+    """Objects beyond tensors next to the weights (pickled hyper-parameters) no longer force
+    trust_checkpoint=true: they are skipped, never unpickled, and named (issue 19)."""
     path = tmp_path / "pickled.pt"
     torch.save({"state_dict": _net().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    ckpt = read_checkpoint(path)
+    assert ckpt.loaded_with == "weights_only+skipped" and ckpt.format == "wrapped:state_dict"
+    assert ckpt.extra["skipped"] == ["argparse.Namespace"]
+    for k, v in _net().state_dict().items():
+        assert torch.equal(ckpt.state_dict[k], v)
+    with pytest.warns(UserWarning, match="UNSAFE LOAD"):
+        trusted = read_checkpoint(path, trust=True)
+    assert trusted.loaded_with == "trusted_pickle"
+
+
+def test_weights_inside_pickled_objects_still_need_trust(tmp_path: Path) -> None:
+    path = tmp_path / "module.pt"
+    torch.save({"model": _net()}, path)  # the whole module pickled: no tensors without code
     with pytest.raises(UnsafeCheckpointError, match="trust_checkpoint=true") as exc:
         read_checkpoint(path)
-    assert "Unsupported global: GLOBAL argparse.Namespace" in str(exc.value)
-    with pytest.warns(UserWarning, match="UNSAFE LOAD"):
-        ckpt = read_checkpoint(path, trust=True)
-    assert ckpt.loaded_with == "trusted_pickle" and ckpt.format == "wrapped:state_dict"
+    assert "inside pickled objects" in str(exc.value)
 
 
 def test_unreadable_or_weightless_files(tmp_path: Path) -> None:
