@@ -72,6 +72,8 @@ def _stub_module(skipped: list[str]) -> ModuleType:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            if module == "__builtin__":  # protocol-2 pickles name Python 2's module
+                module = "builtins"
             full = f"{module}.{name}"
             if full in allowed:
                 return super().find_class(module, name)

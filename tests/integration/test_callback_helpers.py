@@ -127,8 +127,9 @@ class ManualClassifier(PlainClassifier):
         return loss.detach()
 
 
-def trainer(callbacks: Sequence[pl.Callback] = (), **kwargs: Any) -> pl.Trainer:
-    """A quiet CPU Trainer without validation, checkpoints or logger unless asked for."""
+def trainer(callbacks: Sequence[pl.Callback] = (), package: Any = pl, **kwargs: Any) -> pl.Trainer:
+    """A quiet CPU Trainer (of ``package``: ``pytorch_lightning`` by default) without validation,
+    checkpoints or logger unless asked for."""
     defaults: dict[str, Any] = {
         "max_epochs": 2,
         "accelerator": "cpu",
@@ -141,7 +142,7 @@ def trainer(callbacks: Sequence[pl.Callback] = (), **kwargs: Any) -> pl.Trainer:
         "num_sanity_val_steps": 0,
     }
     defaults.update(kwargs)
-    return pl.Trainer(callbacks=list(callbacks), **defaults)
+    return package.Trainer(callbacks=list(callbacks), **defaults)
 
 
 def digits(batch_size: int = 64, **kwargs: Any) -> DigitsDataModule:

@@ -28,26 +28,15 @@ from advtrain.models import Normalize
 from .outside.digit_images import DIGITS_MEAN, DIGITS_STD
 from .outside.pl_project import DigitsData, LitAutoEncoder, LitClassifier
 from .outside.template_project import DigitsDataModule, DigitsLitModule, SimpleDenseNet
-from .test_callback_helpers import one_thread  # noqa: F401  (autouse fixture)
+from .test_callback_helpers import one_thread, trainer  # noqa: F401  (autouse fixture)
 
 EPS = 0.2  # in pixels of [0, 1] images (about three of the digits' 17 grey levels)
 
 
 def quiet(package: Any, **kwargs: Any) -> Any:
     """A quiet CPU Trainer of ``package`` (``lightning.pytorch`` or ``pytorch_lightning``)."""
-    defaults: dict[str, Any] = {
-        "max_epochs": 10,
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-    }
-    defaults.update(kwargs)
-    return package.Trainer(**defaults)
+    defaults: dict[str, Any] = {"max_epochs": 10, **kwargs}
+    return trainer(defaults.pop("callbacks", ()), package=package, **defaults)
 
 
 def pixel_split(subset: Any) -> tuple[Tensor, Tensor]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import sys
+from typing import NoReturn
 
 #: ``OSError`` numbers of a failed write that the user can fix (space, permissions, quota).
 WRITE_ERRORS = frozenset(
@@ -25,4 +27,13 @@ def explain_write_error(exc: OSError) -> str:
     )
 
 
-__all__ = ["WRITE_ERRORS", "explain_write_error"]
+def exit_on_write_error(program: str, exc: OSError) -> NoReturn:
+    """Re-raises ``exc`` unless it is a write the user can fix; else prints one line and exits
+    with status 2."""
+    if exc.errno not in WRITE_ERRORS:
+        raise exc
+    print(f"{program}: error: {explain_write_error(exc)}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+__all__ = ["WRITE_ERRORS", "exit_on_write_error", "explain_write_error"]

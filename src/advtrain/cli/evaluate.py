@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from advtrain.checkpoints import CheckpointError, load_weights
 from advtrain.cli.config import coerce_fractions, register_resolvers
-from advtrain.cli.errors import WRITE_ERRORS, explain_write_error
+from advtrain.cli.errors import exit_on_write_error
 from advtrain.cli.eval_commands import compare_main, keygen_main, schema_main, verify_main
 from advtrain.cli.eval_data import EvalData, contamination, load_split
 from advtrain.cli.eval_state import UnitStore
@@ -1056,10 +1056,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"advtrain-eval: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     except OSError as exc:
-        if exc.errno not in WRITE_ERRORS:
-            raise
-        print(f"advtrain-eval: error: {explain_write_error(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_on_write_error("advtrain-eval", exc)
     except KeyboardInterrupt:
         print(
             f"\nadvtrain-eval: interrupted; finished work is saved in {cfg.output_dir}/eval_state. "

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
 from advtrain.checkpoints import CheckpointError, check_training_checkpoint
 from advtrain.cli.config import coerce_fractions, lightning_package, register_resolvers
-from advtrain.cli.errors import WRITE_ERRORS, explain_write_error
+from advtrain.cli.errors import exit_on_write_error
 from advtrain.cli.evaluation import evaluate_checkpoint
 from advtrain.cli.schemas import (
     ConfigError,
@@ -234,10 +234,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"advtrain-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as exc:
-        if exc.errno not in WRITE_ERRORS:
-            raise
-        print(f"advtrain-train: error: {explain_write_error(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_on_write_error("advtrain-train", exc)
 
 
 def main() -> None:
