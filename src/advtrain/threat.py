@@ -30,6 +30,14 @@ NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 BOUNDS_TOLERANCE = 1e-5
 
 
+class OutOfBoundsError(ValueError):
+    """Inputs outside the threat model's box; :attr:`bounds` is the box they left."""
+
+    def __init__(self, message: str, bounds: tuple[float, float]) -> None:
+        super().__init__(message)
+        self.bounds = bounds
+
+
 def check_eps(eps: float, name: str = "eps") -> float:
     """Validates a perturbation radius.
 
@@ -343,7 +351,8 @@ def check_input_batch(
 
     Raises:
         TypeError: If ``x`` is not a floating-point tensor.
-        ValueError: If ``x`` has no batch dimension, is empty, holds NaN/inf or leaves the box.
+        ValueError: If ``x`` has no batch dimension, is empty or holds NaN/inf;
+            :class:`OutOfBoundsError` (a ``ValueError``) if it leaves the box.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -374,13 +383,14 @@ def check_input_batch(
     if bounds is not None:
         low, high = bounds
         if x_min < low - BOUNDS_TOLERANCE or x_max > high + BOUNDS_TOLERANCE:
-            raise ValueError(
+            raise OutOfBoundsError(
                 f"{name} has values in [{x_min:.4g}, {x_max:.4g}] outside bounds ({low}, {high}); "
                 "scale inputs into bounds (e.g. pixels / 255). If the data is normalised "
                 "((x - mean) / std), attack the pixels instead: put the normalisation inside the "
                 "model (advtrain.models.Normalize) or pass normalization=(mean, std) to the "
                 "callback. Widening bounds to the normalised range would measure eps in "
-                "normalised units, not pixels"
+                "normalised units, not pixels",
+                (float(low), float(high)),
             )
     return (int(values[2]), int(values[3])) if with_labels else None
 

@@ -56,7 +56,7 @@ from advtrain.losses.base import TrainingLoss
 from advtrain.models.view import ForwardFn, OutputKey
 from advtrain.normalization import AUTO
 from advtrain.schedules.base import Schedule
-from advtrain.threat import ThreatModel
+from advtrain.threat import OutOfBoundsError, ThreatModel
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -245,11 +245,8 @@ class AdversarialTraining(Callback):
         """``fn(*args)`` (an attack or loss call), its input complaints explained."""
         try:
             return fn(*args)
-        except ValueError as err:
-            if "outside bounds" not in str(err):
-                raise
-            bounds = self.final_threat().bounds if self.final_threat() else (0.0, 1.0)
-            raise self.space.explain(err, x, bounds) from None
+        except OutOfBoundsError as err:
+            raise self.space.explain(err, x) from None
 
     def _training_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
         module = self._module

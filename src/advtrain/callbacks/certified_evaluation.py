@@ -93,9 +93,6 @@ class CertifiedEvaluation(SubsetEvaluation):
     def start(self, trainer: Trainer) -> None:
         self._build(trainer)
 
-    def threat_bounds(self) -> tuple[float, float]:
-        return tuple(self.bounds) if self.bounds is not None else (0.0, 1.0)  # type: ignore[return-value]
-
     def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Every margin lower bound positive at ``eps`` (the model bounded in eval mode)."""
         with model_state_guard(model, "eval"):

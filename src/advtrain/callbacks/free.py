@@ -66,7 +66,7 @@ from advtrain.callbacks.step_wrapper import (
 from advtrain.lit import adapter
 from advtrain.lit.adapter import Callback, MisconfigurationException
 from advtrain.normalization import AUTO
-from advtrain.threat import ThreatModel, check_input_batch
+from advtrain.threat import OutOfBoundsError, ThreatModel, check_input_batch
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -313,11 +313,9 @@ class FreeAdversarialTraining(Callback):
         if not self._checked_inputs:
             try:
                 check_input_batch(x, self.threat.bounds)
-            except ValueError as err:
-                if "outside bounds" in str(err):
-                    raise self.space.explain(err, x_raw, self.threat.bounds) from None
-                raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
-            except TypeError as err:
+            except OutOfBoundsError as err:
+                raise self.space.explain(err, x_raw) from None
+            except (TypeError, ValueError) as err:
                 raise MisconfigurationException(f"FreeAdversarialTraining: {err}") from None
             self._checked_inputs = True
         # No autograd graph is built here (neither the inputs nor delta require grad). delta is

@@ -27,6 +27,7 @@ from advtrain.normalization import (
     looks_normalised,
     parse_normalization,
 )
+from advtrain.threat import OutOfBoundsError
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -235,13 +236,10 @@ class InputSpace:
             )
 
     # -- errors ---------------------------------------------------------------------------------
-    def explain(self, err: Exception, x: Tensor, bounds: tuple[float, float]) -> Exception:
-        """The error to raise for an attack's complaint ``err`` about the batch ``x`` (the inputs
-        as the data loader gave them)."""
-        message = str(err)
-        if "outside bounds" not in message:
-            return InputError(f"{self.owner}: {message}")
-        low, high = bounds
+    def explain(self, err: OutOfBoundsError, x: Tensor) -> InputError:
+        """The error to raise for inputs that left the pixel box (``err``, from an attack or a
+        certificate), about the batch ``x`` as the data loader gave it."""
+        low, high = err.bounds
         lo, hi = float(x.detach().min()), float(x.detach().max())
         norm = self.normalization
         if norm is not None:

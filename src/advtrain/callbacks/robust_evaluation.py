@@ -102,9 +102,6 @@ class RobustEvaluation(SubsetEvaluation):
     def start(self, trainer: Trainer) -> None:
         self._resolve_attack(trainer).reseed(self.seed + trainer.global_rank)
 
-    def threat_bounds(self) -> tuple[float, float]:
-        return self.attack.bounds if self.attack is not None else (0.0, 1.0)
-
     def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Still classified correctly after the attack (the model is evaluated in eval mode)."""
         x_adv = self._resolve_attack(trainer)(model, x, y)

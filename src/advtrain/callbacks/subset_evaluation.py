@@ -20,7 +20,7 @@ from advtrain.callbacks.inputs import InputSpace, NormalizationArg
 from advtrain.lit.adapter import Callback
 from advtrain.models.view import ForwardFn, OutputKey
 from advtrain.normalization import AUTO
-from advtrain.threat import ThreatModel
+from advtrain.threat import OutOfBoundsError, ThreatModel
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -100,10 +100,6 @@ class SubsetEvaluation(Callback):
         ``model`` is the module's pixel-space view and ``x`` the examples in pixel units.
         """
 
-    def threat_bounds(self) -> tuple[float, float]:
-        """The pixel box the test works in (for error messages)."""
-        return (0.0, 1.0)
-
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._resolved = False
 
@@ -144,10 +140,8 @@ class SubsetEvaluation(Callback):
         x, y = x[:budget], y[:budget]
         try:
             ok = self.passes(trainer, self.space.view(pl_module), self.space.to_pixels(x), y)
-        except ValueError as err:
-            if "outside bounds" not in str(err):
-                raise
-            raise self.space.explain(err, x, self.threat_bounds()) from None
+        except OutOfBoundsError as err:
+            raise self.space.explain(err, x) from None
         tested = torch.tensor(float(y.numel()), device=self._counts.device)
         self._counts = self._counts + torch.stack([ok.sum().to(self._counts), tested])
 
