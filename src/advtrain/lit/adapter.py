@@ -110,9 +110,11 @@ def package(name: str) -> ModuleType:
     return importlib.import_module(normalise_package_name(name))
 
 
+@functools.cache
 def locate(name: str, path: str) -> Any:
     """``locate("pytorch_lightning", "plugins.environments.SLURMEnvironment")``: an object of a
-    package, importing the submodules on its path."""
+    package, importing the submodules on its path (looked up once, then cached: Free-AT's replays
+    reach Lightning's loop functions through it on every step)."""
     module_path, _, attr = f"{normalise_package_name(name)}.{path}".rpartition(".")
     return getattr(importlib.import_module(module_path), attr)
 
@@ -158,11 +160,6 @@ def package_of(trainer: Any) -> str:
     return name
 
 
-def trainer_package(trainer: Any) -> ModuleType:
-    """The imported package of ``trainer`` (``lightning.pytorch`` or ``pytorch_lightning``)."""
-    return package(package_of(trainer))
-
-
 class _ByTrainerPackage:
     """A method looked up in the package of the Trainer its object is attached to.
 
@@ -195,9 +192,7 @@ def _dual(class_name: str, doc: str) -> type:
         return bases[0]
     namespace: dict[str, Any] = {"__module__": __name__, "__doc__": doc, "__qualname__": class_name}
     first = bases[0]
-    for attr, value in vars_through_mro(first).items():
-        if not callable(value) or not hasattr(value, "__code__"):
-            continue
+    for attr, value in _lightning_functions(first).items():
         functions = {names[0]: value}
         for name, base in zip(names[1:], bases[1:], strict=True):
             other = getattr(base, attr, None)
@@ -208,7 +203,7 @@ def _dual(class_name: str, doc: str) -> type:
     return type(class_name, bases, namespace)
 
 
-def vars_through_mro(cls: type) -> dict[str, Any]:
+def _lightning_functions(cls: type) -> dict[str, Any]:
     """The plain functions a class defines or inherits from Lightning (not from torch)."""
     found: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
@@ -274,8 +269,8 @@ def is_overridden(method_name: str, instance: Any, kind: str) -> bool:
 # -- Lightning's private API, used by FreeAdversarialTraining --------------------------------------
 def closure_result(trainer: Any, output: Any) -> Any:
     """Lightning's ``ClosureResult`` of a training step's output (loss and the loss to backward)."""
-    module = importlib.import_module(package_of(trainer) + ".loops.optimization.automatic")
-    return module.ClosureResult.from_training_step_output(output)
+    closure = locate(package_of(trainer), "loops.optimization.automatic.ClosureResult")
+    return closure.from_training_step_output(output)
 
 
 def profiler_active(trainer: Any) -> bool:
@@ -286,14 +281,14 @@ def profiler_active(trainer: Any) -> bool:
 
 def call_callback_hooks(trainer: Any, hook: str, *args: Any) -> None:
     """Dispatches ``hook`` to the Trainer's callbacks as Lightning's loop does."""
-    call = importlib.import_module(package_of(trainer) + ".trainer.call")
-    call._call_callback_hooks(trainer, hook, *args)
+    locate(package_of(trainer), "trainer.call._call_callback_hooks")(trainer, hook, *args)
 
 
 def call_module_hook(trainer: Any, hook: str, *args: Any) -> Any:
     """Calls the module's ``hook`` as Lightning's loop does (profiled, ``_current_fx_name`` set)."""
-    call = importlib.import_module(package_of(trainer) + ".trainer.call")
-    return call._call_lightning_module_hook(trainer, hook, *args)
+    return locate(package_of(trainer), "trainer.call._call_lightning_module_hook")(
+        trainer, hook, *args
+    )
 
 
 @contextlib.contextmanager
@@ -370,7 +365,6 @@ __all__ = [
     "package_of",
     "preferred",
     "profiler_active",
-    "trainer_package",
     "training_data_source",
     "weights_only_kwargs",
 ]
