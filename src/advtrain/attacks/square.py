@@ -324,17 +324,17 @@ class Square(Attack):
             xa, ya, xb, lb = x[active], y[active], x_best[active], loss_best[active]
             tables = _Tables(xa, self.eps, low, high, linf=self.norm == "linf")
             fooled_a = torch.zeros_like(ya, dtype=torch.bool)
-            while i < last:
-                with self.narrow(active):
+            with self.narrow(active):  # the draws of the active set, fixed until it changes
+                while i < last:
                     p = p_schedule(self.p_init, i, self.n_queries)
                     cand = step(xa, xb, p, tables, (restart, i))
-                i += 1
-                loss, fooled_a = self._score(model, cand, ya)
-                accept = (loss < lb) | fooled_a
-                xb = torch.where(accept.view(-1, 1, 1, 1), cand, xb)
-                lb = torch.where(accept, loss, lb)
-                if bool(fooled_a.any()):
-                    break
+                    i += 1
+                    loss, fooled_a = self._score(model, cand, ya)
+                    accept = (loss < lb) | fooled_a
+                    xb = torch.where(accept.view(-1, 1, 1, 1), cand, xb)
+                    lb = torch.where(accept, loss, lb)
+                    if bool(fooled_a.any()):
+                        break
             x_best[active] = xb
             loss_best[active] = lb
             fooled[active] = fooled_a
