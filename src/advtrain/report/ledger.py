@@ -250,20 +250,26 @@ def _check_files(
 
 
 def _check_signature(
-    entry: Mapping[str, Any], label: str, public_key: Any, result: LedgerCheck
+    entry: Mapping[str, Any],
+    actual: str,
+    label: str,
+    public_key: Any,
+    expected_id: str,
+    result: LedgerCheck,
 ) -> None:
-    from advtrain.report.signing import key_id, verify_signature
+    """Checks ``entry``'s signature (``actual``: its recomputed hash; ``expected_id``: the
+    public key's id)."""
+    from advtrain.report.signing import verify_signature
 
     sig = entry.get("signature")
     if not isinstance(sig, Mapping) or not isinstance(sig.get("ed25519"), str):
         result.problems.append(f"{label}: not signed (the given key requires every entry signed)")
         return
-    if sig.get("key_id") != key_id(public_key):
+    if sig.get("key_id") != expected_id:
         result.problems.append(f"{label}: signed by another key ({str(sig.get('key_id'))[:16]}…)")
         return
-    message = str(entry.get("sha256", "")).encode()
-    if entry_hash(entry) != entry.get("sha256") or not verify_signature(
-        public_key, message, sig["ed25519"]
+    if actual != entry.get("sha256") or not verify_signature(
+        public_key, actual.encode(), sig["ed25519"]
     ):
         result.problems.append(f"{label}: invalid signature: the entry was forged or altered")
         return
@@ -293,6 +299,11 @@ def verify_ledger(
         return result
     base = path.parent
     roots = [base.resolve(), *[Path(r).resolve() for r in files_roots or []]]
+    expected_id = ""
+    if public_key is not None:
+        from advtrain.report.signing import key_id
+
+        expected_id = key_id(public_key)
     prev: str | None = GENESIS
     hashes: list[str] = []
     with open(path, encoding="utf-8") as fh:
@@ -331,7 +342,7 @@ def verify_ledger(
         hashes.append(prev)
         result.head = prev
         if public_key is not None:
-            _check_signature(entry, label, public_key, result)
+            _check_signature(entry, actual, label, public_key, expected_id, result)
         if check_files:
             _check_files(entry, label, base, roots, result)
     if result.entries == 0 and not result.problems:
