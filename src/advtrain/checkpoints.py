@@ -301,26 +301,13 @@ def check_training_checkpoint(path: str | os.PathLike[str], module: nn.Module) -
             "advtrain-eval ckpt_path=..."
         )
     state = _tensor_dict(obj["state_dict"]) or {}
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [k for k in set(expected) & set(state) if state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{len(v)} {label}: {_summarise(sorted(v))}"
-            for label, v in (
-                ("missing key(s)", missing),
-                ("unexpected key(s)", unexpected),
-                ("key(s) with another shape", shapes),
-            )
-            if v
-        ]
+    found = _differences(state, module.state_dict())  # exact keys: Lightning loads strictly
+    if any(found):
         raise CheckpointMismatchError(
             f"ckpt_path {str(path)!r} was written for another model than this run's "
-            f"({'; '.join(parts)}): resume with the model= settings of the run that wrote it",
-            missing,
-            unexpected,
-            [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in sorted(shapes)],
+            f"({_describe_differences(*found)}): resume with the model= settings of the run "
+            "that wrote it",
+            *found,
         )
 
 
@@ -361,6 +348,39 @@ def _summarise(names: list[str], limit: int = 8) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+Differences = tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]
+
+
+def _differences(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> Differences:
+    """``(missing, unexpected, mismatched)`` keys of ``state`` against ``target``; mismatched
+    as ``(key, checkpoint shape, model shape)``."""
+    wanted = set(target)
+    missing = sorted(wanted - set(state))
+    unexpected = sorted(set(state) - wanted)
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(target[k].shape))
+        for k in sorted(wanted & set(state))
+        if tuple(state[k].shape) != tuple(target[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
+def _describe_differences(
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_summarise(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_summarise(unexpected)}")
+    if mismatched:
+        shapes = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in mismatched]
+        parts.append(f"{len(mismatched)} key(s) with another shape: {_summarise(shapes, 6)}")
+    return "; ".join(parts)
+
+
 def match_state_dict(
     model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint"
 ) -> tuple[dict[str, Tensor], str]:
@@ -373,36 +393,18 @@ def match_state_dict(
         CheckpointMismatchError: Missing, unexpected or differently shaped keys.
     """
     target = model.state_dict()
-    wanted = set(target)
-    keys = list(state)
-    prefix = _best_prefix(keys, wanted)
+    prefix = _best_prefix(list(state), set(target))
     fitted = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing = sorted(wanted - set(fitted))
-    unexpected = sorted(set(fitted) - wanted)
-    mismatched = [
-        (k, tuple(fitted[k].shape), tuple(target[k].shape))
-        for k in sorted(wanted & set(fitted))
-        if tuple(fitted[k].shape) != tuple(target[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_summarise(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_summarise(unexpected)}")
-        if mismatched:
-            shapes = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in mismatched]
-            parts.append(f"{len(mismatched)} key(s) with another shape: {_summarise(shapes, 6)}")
+    found = _differences(fitted, target)
+    if any(found):
         raise CheckpointMismatchError(
             f"{source} does not fit the model {type(model).__name__}"
             + (f" (after removing the key prefix {prefix!r})" if prefix else "")
             + ": "
-            + "; ".join(parts)
+            + _describe_differences(*found)
             + ". Choose the model config the checkpoint was trained with (e.g. model=small_cnn "
             "model.width=...), or point run_dir= at the training run so its config is used.",
-            missing,
-            unexpected,
-            mismatched,
+            *found,
         )
     return fitted, prefix
 
