@@ -27,7 +27,7 @@ from torch import Tensor
 from advtrain.attacks.base import Attack, check_positive_int, model_state_guard
 from advtrain.attacks.pgd import PGD
 from advtrain.callbacks.batch import Key, split_batch
-from advtrain.callbacks.subset_evaluation import find_training_callback
+from advtrain.callbacks.subset_evaluation import find_training_callback, training_space
 from advtrain.lit.adapter import Callback, MisconfigurationException
 from advtrain.threat import ThreatModel
 
@@ -328,7 +328,7 @@ class CatastrophicOverfittingGuard(Callback):
             assert attack is not None
             attack.reseed(self.seed + (trainer.global_rank if self._from_batches else 0))
             # the training callback's view: pixels when the data is normalised, its logits
-            space = getattr(find_training_callback(trainer), "space", None)
+            space = training_space(trainer)
             model = pl_module if space is None else space.view(pl_module)
             for i in range(0, x_all.shape[0], 256):
                 x = x_all[i : i + 256].to(device)

@@ -44,6 +44,11 @@ def training_threat(trainer: Trainer) -> ThreatModel | None:
     return None if training is None else training.final_threat(trainer)  # type: ignore[attr-defined]
 
 
+def training_space(trainer: Trainer) -> InputSpace | None:
+    """How the Trainer's adversarial-training callback sees its inputs (normalisation, logits)."""
+    return getattr(find_training_callback(trainer), "space", None)
+
+
 class SubsetEvaluation(Callback):
     """Logs the fraction of the first ``n_examples`` validation examples that pass a test.
 
@@ -115,9 +120,7 @@ class SubsetEvaluation(Callback):
         self._counts = torch.zeros(2, device=pl_module.device)
         if self._active:
             if not self._resolved:
-                training = find_training_callback(trainer)
-                space = getattr(training, "space", None)
-                fallback = getattr(space, "normalization", None)
+                fallback = getattr(training_space(trainer), "normalization", None)
                 self.space.resolve(trainer, "val", fallback=fallback)
                 self._resolved = True
             self.start(trainer)

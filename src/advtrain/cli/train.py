@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
+from advtrain.callbacks.subset_evaluation import training_space
 from advtrain.checkpoints import CheckpointError, check_training_checkpoint
 from advtrain.cli.config import coerce_fractions, lightning_package, register_resolvers
 from advtrain.cli.errors import exit_on_write_error
@@ -96,11 +97,8 @@ def _best_checkpoint(trainer: Trainer) -> str | None:
 
 def _data_normalization(trainer: Trainer) -> dict[str, Any] | None:
     """The normalisation the adversarial-training callback found in the training data."""
-    for cb in trainer.callbacks:  # type: ignore[attr-defined]
-        space = getattr(cb, "space", None)
-        if space is not None and callable(getattr(space, "describe", None)):
-            return space.describe()  # type: ignore[no-any-return]
-    return None
+    space = training_space(trainer)
+    return None if space is None else space.describe()
 
 
 def _requeue_on_signal(cfg: DictConfig, output_dir: Path) -> RequeueOnSignal | None:
