@@ -46,7 +46,14 @@ def hash32(x: Tensor) -> Tensor:
 
 
 def _hash_int(value: int) -> int:
-    return int(hash32(torch.tensor([value & _MASK], dtype=torch.int64))[0])
+    """:func:`hash32` of one Python int (the same arithmetic, without building tensors: keys are
+    hashed on every draw)."""
+    x = value & _MASK
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK
+    return x ^ (x >> 16)
 
 
 def key_hash(key: Sequence[int]) -> int:

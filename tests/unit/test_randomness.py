@@ -10,7 +10,7 @@ from advtrain.attacks import PGD, AutoAttack
 from advtrain.data import DigitsDataModule
 from advtrain.evaluation import evaluate_attacks
 from advtrain.models import SmallCNN
-from advtrain.randomness import Draws, hash32
+from advtrain.randomness import Draws, _hash_int, hash32
 
 
 def test_generator_mode_is_exactly_torchs_stream() -> None:
@@ -60,6 +60,9 @@ def test_per_example_numbers_are_well_distributed() -> None:
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
     k = draws.randint(3, 9, (200, 500), (3,))
     assert set(k.unique().tolist()) == {3, 4, 5, 6, 7, 8}
+    # the key hash (Python ints) is the tensor hash, value for value
+    values = [0, 1, 12345, 0xFFFFFFFF, 0x9E3779B9]
+    assert [_hash_int(v) for v in values] == hash32(torch.tensor(values)).tolist()
     # the hash mixes: neighbouring inputs give unrelated outputs
     h = hash32(torch.arange(1 << 16, dtype=torch.int64))
     assert h.unique().numel() == 1 << 16 and float((h & 1).float().mean()) == pytest.approx(
