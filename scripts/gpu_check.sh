@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The prepared check for a lent GPU machine (about 4-6 minutes on one H100/H200):
-#  1-4. scripts/gpu_check.py: PGD-AT on digits in 32-true / bf16-mixed / 16-mixed judged by
+#  1-4. scripts/bench/gpu_check.py: PGD-AT on digits in 32-true / bf16-mixed / 16-mixed judged by
 #       AutoAttack, attacks under bf16/fp16 autocast vs fp32 and CPU vs CUDA, the float16
 #       underflow control, PGD-AT throughput callback vs hand-written, smoothing certify rate;
 #  5.   the CLI end to end on the GPU: advtrain-train trainer=gpu trainer.precision=16-mixed
 #       (skipped where Hydra is not importable, or with SKIP_CLI=1);
-#  6.   scripts/bench_callback.py --accelerator gpu: each training method through its callback vs
+#  6.   scripts/bench/callback.py --accelerator gpu: each training method through its callback vs
 #       written by hand inside training_step, on digits, same run (about 3 minutes; skipped with
 #       SKIP_CALLBACK_BENCH=1).
 # Paste its Markdown output into BENCHMARKS.md.
-# Usage on the device: [SKIP_CLI=1] [SKIP_CALLBACK_BENCH=1] bash scripts/gpu_check.sh [gpu_check.py args],
+# Usage on the device: [SKIP_CLI=1] [SKIP_CALLBACK_BENCH=1] bash scripts/gpu_check.sh [gpu_check args],
 # e.g. SKIP_CLI=1 bash scripts/gpu_check.sh --sections 3 (throughput and the callback bench only); the repo's package must be
 # importable (PYTHONPATH=src is set here) and its dependencies installed.
 set -euo pipefail
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
 OUTDIR="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --device cuda "$@" | tee "$OUTDIR/gpu_check.md"
+PYTHONUNBUFFERED=1 python3 -m scripts.bench.gpu_check --device cuda "$@" | tee "$OUTDIR/gpu_check.md"
 
 if [[ "${SKIP_CLI:-0}" != 1 ]] && python3 -c "import hydra, omegaconf" 2>/dev/null; then
     echo
@@ -32,9 +32,9 @@ if [[ "${SKIP_CLI:-0}" != 1 ]] && python3 -c "import hydra, omegaconf" 2>/dev/nu
 fi
 
 if [[ "${SKIP_CALLBACK_BENCH:-0}" != 1 ]]; then
-    printf '\n### 6. Each method through its callback vs by hand, on the GPU (bench_callback.py)\n\n```\n' |
+    printf '\n### 6. Each method through its callback vs by hand, on the GPU (scripts.bench.callback)\n\n```\n' |
         tee -a "$OUTDIR/gpu_check.md"
-    PYTHONUNBUFFERED=1 python3 scripts/bench_callback.py --accelerator gpu --epochs 8 \
+    PYTHONUNBUFFERED=1 python3 -m scripts.bench.callback --accelerator gpu --epochs 8 \
         --repeats 12 --skip-accuracy --methods pgd_at trades mart fast_at free_at 2>&1 |
         grep -v -i "warn" | tee -a "$OUTDIR/gpu_check.md"
     echo '```' | tee -a "$OUTDIR/gpu_check.md"

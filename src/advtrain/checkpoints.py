@@ -247,6 +247,8 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> Loaded
     loaded = LoadedCheckpoint(str(path), state, fmt, loaded_with, digest)
     loaded.extra["skipped"] = skipped
     loaded.extra["logged"] = logged_accuracy(obj)
+    hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+    loaded.extra["hyper_parameters"] = dict(hparams) if isinstance(hparams, Mapping) else {}
     return loaded
 
 

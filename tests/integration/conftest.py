@@ -10,7 +10,7 @@ FAST = [
     "evaluation.attacks.pgd-50x5.steps=5",
     "evaluation.attacks.pgd-50x5.restarts=2",
     "evaluation.attacks.autoattack.version=fast",
-    "evaluation.curve_attack.steps=3",
+    "evaluation.attacks.apgd-ce.steps=3",
     "callbacks.robust_evaluation.n_examples=32",
     "callbacks.robust_evaluation.attack.steps=3",
     "attack.steps=2",
@@ -24,6 +24,6 @@ TINY = [
     "++trainer.limit_train_batches=2",
     "++trainer.limit_val_batches=1",
     "evaluation.n_examples=24",
-    "evaluation.eps_factors=[0.0,1.0]",
+    "evaluation.eps_grid.factors=[0.0,1.0]",
     "attack.steps=1",
 ]

@@ -18,7 +18,9 @@ from advtrain.callbacks import (
     AdversarialTraining,
     CatastrophicOverfittingGuard,
     FreeAdversarialTraining,
+    RobustEvaluation,
 )
+from advtrain.lit import adapter
 from advtrain.schedules import Linear
 
 from .test_callback_helpers import (
@@ -124,3 +126,46 @@ def test_free_adversarial_training_resumes_exactly(tmp_path: Path, in_step: bool
     resumed, _ = run(tmp_path, "resumed", [resumed_free], seed=1, ckpt=last, **kw)
     assert_same_weights(full, resumed)
     assert torch.equal(full_free.delta, resumed_free.delta)  # type: ignore[arg-type]
+
+
+class ValidatedClassifier(PlainClassifier):
+    """The plain classifier with a validation step (the evaluation callbacks run there)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.cross_entropy(self(x), y))
+
+
+def test_two_robust_evaluations_keep_their_own_state(tmp_path: Path) -> None:
+    """SubsetEvaluation's state_key names the monitor: two evaluations of one class in one
+    Trainer (different eps) are checkpointed and restored each under its own key."""
+    weak = RobustEvaluation(
+        PGD(eps=0.05, steps=2), every_n_epochs=1, n_examples=32, monitor="val/robust_eps0.05"
+    )
+    strong = RobustEvaluation(
+        PGD(eps=0.3, steps=2), every_n_epochs=1, n_examples=32, monitor="val/robust_eps0.3"
+    )
+    fit = trainer([weak, strong], max_epochs=1, limit_val_batches=1.0)
+    fit.fit(ValidatedClassifier(), datamodule=digits())
+    assert weak.state_key != strong.state_key
+    path = tmp_path / "two.ckpt"
+    fit.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["callbacks"]
+    assert saved[weak.state_key]["last_value"] == weak.last_value
+    assert saved[strong.state_key]["last_value"] == strong.last_value
+    assert weak.last_value is not None and strong.last_value is not None
+    assert strong.last_value < weak.last_value, "a larger eps leaves fewer examples robust"
+    fresh_weak = RobustEvaluation(
+        PGD(eps=0.05, steps=2), every_n_epochs=1, n_examples=32, monitor="val/robust_eps0.05"
+    )
+    fresh_strong = RobustEvaluation(
+        PGD(eps=0.3, steps=2), every_n_epochs=1, n_examples=32, monitor="val/robust_eps0.3"
+    )
+    again = trainer([fresh_weak, fresh_strong], max_epochs=1, limit_val_batches=1.0)
+    again.fit(
+        ValidatedClassifier(),
+        datamodule=digits(),
+        ckpt_path=str(path),
+        **adapter.weights_only_kwargs(again),
+    )
+    assert (fresh_weak.last_value, fresh_strong.last_value) == (weak.last_value, strong.last_value)

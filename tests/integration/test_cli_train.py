@@ -24,6 +24,7 @@ def test_default_config_is_pgd_at_on_digits_at_eps_0_2() -> None:
     cfg = compose(overrides=[], output_dir="unused")
     assert cfg.data.name == "digits"
     assert cfg.method.name == "pgd_at"
+    assert cfg.threat.eps == 0.2 and cfg.threat.norm == "linf"
     assert cfg.attack._target_ == "advtrain.attacks.PGD" and cfg.attack.eps == 0.2
     assert cfg.schedule.eps._target_ == "advtrain.schedules.Linear"
     assert cfg.evaluation.attacks["pgd-50x5"].steps == 50
@@ -31,13 +32,14 @@ def test_default_config_is_pgd_at_on_digits_at_eps_0_2() -> None:
 
 
 def test_fraction_override_reads_naturally(tmp_path: Path) -> None:
-    cfg = compose(overrides=["attack.eps=8/255"], output_dir=str(tmp_path))
+    cfg = compose(overrides=["threat.eps=8/255"], output_dir=str(tmp_path))
     from advtrain.cli.config import coerce_fractions
 
     coerce_fractions(cfg)
+    assert cfg.threat.eps == pytest.approx(8 / 255)
     assert cfg.attack.eps == pytest.approx(8 / 255)
     assert cfg.schedule.eps.end == pytest.approx(8 / 255)
-    cfg2 = compose(overrides=["attack.eps=${div:8,255}"], output_dir=str(tmp_path))
+    cfg2 = compose(overrides=["threat.eps=${div:8,255}"], output_dir=str(tmp_path))
     assert cfg2.attack.eps == pytest.approx(8 / 255)
 
 

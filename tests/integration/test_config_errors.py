@@ -69,8 +69,8 @@ def test_wrong_type_is_refused_at_composition() -> None:
 
 
 def test_fractions_still_compose_for_eps() -> None:
-    cfg = compose(overrides=["attack.eps=8/255"], output_dir="unused")
-    assert cfg.attack.eps == "8/255"  # coerce_fractions turns it into a float in run()
+    cfg = compose(overrides=["threat.eps=8/255"], output_dir="unused")
+    assert cfg.threat.eps == "8/255"  # coerce_fractions turns it into a float in run()
 
 
 def test_unknown_recipe_lists_the_recipes() -> None:

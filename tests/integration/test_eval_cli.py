@@ -356,7 +356,7 @@ def test_lightning_checkpoint_and_run_dir(trained: dict[str, Any], tmp_path: Pat
     run_dir.mkdir()
     train_cfg = compose(
         "train",
-        [f"model.width={WIDTH}", f"model.hidden={HIDDEN}", "attack.eps=0.15"],
+        [f"model.width={WIDTH}", f"model.hidden={HIDDEN}", "threat.eps=0.15"],
         str(run_dir),
     )
     from omegaconf import OmegaConf

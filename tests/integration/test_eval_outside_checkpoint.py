@@ -304,3 +304,36 @@ def test_the_console_script_with_the_python_path_flag(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped what needs code to unpickle" in proc.stderr
+
+
+def test_the_vendors_lightning_module_class_is_built_from_its_checkpoint(
+    vendor: dict[str, Any], tmp_path: Path
+) -> None:
+    """``module=`` names the vendor's LightningModule: its plain hyper-parameter (lr) comes from
+    the checkpoint, the pickled one (net) from module_kwargs; the module's own forward runs."""
+    report = evaluate(
+        vendor,
+        tmp_path / "module",
+        "data.split=val",
+        f"module={PACKAGE}.lit.DigitsModule",
+        f"+module_kwargs.net={{_target_:{PACKAGE}.nets.DenseNet,hidden:48}}",
+    )
+    assert report["clean_accuracy"] == pytest.approx(vendor["val_acc"], abs=0.006)
+    assert report["checkpoint"]["loaded_with"] == "weights_only+skipped"
+    assert "DigitsModule" in report["settings"]["model"] and "lr" in report["settings"]["model"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([], r"pickled the hyper-parameter\(s\) net .*module_kwargs"),
+        ([f"module={PACKAGE}.lit.Missing"], "does not import"),
+        ([f"module={PACKAGE}.data.Digits"], "not a torch.nn.Module"),
+    ],
+)
+def test_a_module_that_cannot_be_built_says_what_to_give(
+    vendor: dict[str, Any], tmp_path: Path, extra: list[str], match: str
+) -> None:
+    overrides = extra or [f"module={PACKAGE}.lit.DigitsModule"]
+    with pytest.raises(ValueError, match=match):
+        evaluate(vendor, tmp_path / "bad-module", "data.split=val", *overrides)

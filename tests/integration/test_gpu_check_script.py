@@ -1,5 +1,5 @@
-"""The scripts run on a lent GPU (scripts/gpu_check.sh, scripts/profile_callback.py) run their
-code paths on the CPU.
+"""The benchmarks run on a lent GPU (scripts/gpu_check.sh, which runs scripts/bench/gpu_check.py,
+and scripts/bench/profile_callback.py) run their code paths on the CPU.
 
 The numbers they print on a lent GPU go into BENCHMARKS.md; here they run with tiny sizes and a
 small model so a broken script is found before device time is spent on it.
@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, *args: str) -> str:
-    """Runs ``scripts/<name>`` with ``args`` on one thread; returns its standard output."""
+    """Runs ``python -m scripts.bench.<name>`` with ``args`` from the repository root on one
+    thread; returns its standard output."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), *args],
+        [sys.executable, "-m", f"scripts.bench.{name}", *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
@@ -29,7 +31,7 @@ def run_script(name: str, *args: str) -> str:
 
 
 def test_gpu_check_runs_on_cpu() -> None:
-    out = run_script("gpu_check.py", "--device", "cpu", "--quick", "--model", "small_cnn")
+    out = run_script("gpu_check", "--device", "cpu", "--quick", "--model", "small_cnn")
     assert "## GPU check on CPU" in out
     assert "Traceback" not in out, out  # every section ran to its end
     lines = out.splitlines()
@@ -43,10 +45,10 @@ def test_gpu_check_runs_on_cpu() -> None:
 
 
 def test_profile_callback_diffs_the_two_variants_on_cpu() -> None:
-    """``scripts/profile_callback.py``, the tool behind the GPU profile in BENCHMARKS.md: the
+    """``scripts/bench/profile_callback.py``, the tool behind the GPU profile in BENCHMARKS.md: the
     callback's Fast-AT does its input check (``aminmax``) where the hand loop does not."""
     out = run_script(
-        "profile_callback.py", "--method", "fast_at", "--epochs", "1", "--threads", "1", "--rows=5"
+        "profile_callback", "--method", "fast_at", "--epochs", "1", "--threads", "1", "--rows=5"
     )
     assert "## fast_at: per training step, callback vs hand (cpu, 1 epochs)" in out
     assert out.count(" us wall per step") == 2

@@ -27,7 +27,7 @@ from .test_callback_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 def composed(method: str, *overrides: str) -> dict:
-    cfg = compose(overrides=[f"method={method}", "attack.eps=0.15", *overrides], output_dir="x")
+    cfg = compose(overrides=[f"method={method}", "threat.eps=0.15", *overrides], output_dir="x")
     return cfg
 
 
@@ -36,12 +36,12 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_trades_and_mart_read_the_threat_model_from_the_attack_group() -> None:
+def test_trades_and_mart_read_the_threat_model_from_the_threat_node() -> None:
     for method, loss_cls, attack_cls in (
         ("trades", TRADESLoss, TRADESAttack),
         ("mart", MARTLoss, PGD),
     ):
-        cfg = composed(method, "data.bounds=[0.0,1.0]", "attack.norm=l2", "attack.eps=0.5")
+        cfg = composed(method, "data.bounds=[0.0,1.0]", "threat.norm=l2", "threat.eps=0.5")
         (cb,) = build_callbacks(cfg)[:1]
         assert isinstance(cb, AdversarialTraining) and isinstance(cb.loss, loss_cls)
         assert cb.loss.beta == 6.0
@@ -81,7 +81,7 @@ def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:
     assert paper.attack.eps == pytest.approx(8 / 255), "the paper trains at the test radius"
     assert paper.attack.alpha == pytest.approx(10 / 255)
     assert cfg.callbacks.robust_evaluation.attack.eps == 0.15, "validation at the threat model"
-    assert cfg.attack._target_ == "advtrain.attacks.PGD", "the attack group stays the threat model"
+    assert cfg.attack._target_ == "advtrain.attacks.PGD", "the attack group is left as it is"
     assert cfg.method.name == "fast_at"
 
 
@@ -137,7 +137,7 @@ def test_method_runs_on_digits(method: str, tmp_path: Path) -> None:
         f"trainer.max_epochs={budget}",
         "trainer.log_every_n_steps=1",
         "++trainer.limit_train_batches=3",
-        "evaluation.eps_factors=[0.0,1.0]",
+        "evaluation.eps_grid.factors=[0.0,1.0]",
         "~evaluation.attacks.autoattack",
         "callbacks.robust_evaluation.every_n_epochs=2",
     ]

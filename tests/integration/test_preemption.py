@@ -161,7 +161,7 @@ CLI_RUN = [
     "trainer.max_epochs=3",
     "++trainer.limit_val_batches=1",
     "evaluation.n_examples=24",
-    "evaluation.eps_factors=[0.0,1.0]",
+    "evaluation.eps_grid.factors=[0.0,1.0]",
     "seed=3",
 ]
 CLI_BATCHES = 4  # FAST's limit_train_batches

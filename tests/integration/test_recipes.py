@@ -35,16 +35,30 @@ PAPER_RECIPES = [r for r in RECIPES if r != "digits_quickstart"]
 
 #: recipe -> (data, method, model target, eps, norm, evaluation entries)
 EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
-    "madry_mnist": ("mnist", "pgd_at", "SmallCNN", 0.3, "linf", {"autoattack", "pgd-20"}),
-    "trades_mnist": ("mnist", "trades", "SmallCNN", 0.3, "linf", {"autoattack", "pgd-20"}),
-    "ibp_mnist": ("mnist", "ibp", "SmallCNN", 0.3, "linf", {"pgd-50x5", "cert:ibp"}),
+    "madry_mnist": (
+        "mnist",
+        "pgd_at",
+        "SmallCNN",
+        0.3,
+        "linf",
+        {"autoattack", "pgd-20", "apgd-ce"},
+    ),
+    "trades_mnist": (
+        "mnist",
+        "trades",
+        "SmallCNN",
+        0.3,
+        "linf",
+        {"autoattack", "pgd-20", "apgd-ce"},
+    ),
+    "ibp_mnist": ("mnist", "ibp", "SmallCNN", 0.3, "linf", {"pgd-50x5", "apgd-ce", "cert:ibp"}),
     "crown_ibp_mnist": (
         "mnist",
         "crown_ibp",
         "SmallCNN",
         0.3,
         "linf",
-        {"pgd-50x5", "cert:ibp", "cert:crown_ibp"},
+        {"pgd-50x5", "apgd-ce", "cert:ibp", "cert:crown_ibp"},
     ),
     "pgd_at_cifar10": (
         "cifar10",
@@ -52,17 +66,31 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "PreActResNet18",
         8 / 255,
         "linf",
-        {"autoattack", "pgd-20"},
+        {"autoattack", "pgd-20", "apgd-ce"},
     ),
-    "trades_cifar10": ("cifar10", "trades", "WideResNet", 0.031, "linf", {"autoattack", "pgd-20"}),
-    "fast_at_cifar10": ("cifar10", "fast_at", "PreActResNet18", 8 / 255, "linf", {"pgd-50x10"}),
+    "trades_cifar10": (
+        "cifar10",
+        "trades",
+        "WideResNet",
+        0.031,
+        "linf",
+        {"autoattack", "pgd-20", "apgd-ce"},
+    ),
+    "fast_at_cifar10": (
+        "cifar10",
+        "fast_at",
+        "PreActResNet18",
+        8 / 255,
+        "linf",
+        {"pgd-50x10", "apgd-ce"},
+    ),
     "free_at_cifar10": (
         "cifar10",
         "free_at",
         "WideResNet",
         8 / 255,
         "linf",
-        {"autoattack", "pgd-20"},
+        {"autoattack", "pgd-20", "apgd-ce"},
     ),
     "cohen_smoothing_cifar10": (
         "cifar10",
@@ -101,7 +129,9 @@ def test_recipe_composes_to_the_published_setting(name: str) -> None:
     assert float(cfg.attack.eps) == pytest.approx(eps)
     assert cfg.attack.norm == norm
     entries = set((cfg.evaluation.get("attacks") or {}).keys())
-    entries |= {f"cert:{k}" for k in (cfg.evaluation.get("certificates") or {})}
+    certify = cfg.evaluation.certify
+    entries |= {f"cert:{m}" for m in certify.bounds.methods}
+    entries |= {"cert:smoothing"} if certify.smoothing.sigma is not None else set()
     assert entries == evaluation
     assert cfg.trainer.accelerator == "gpu"
 
@@ -126,7 +156,7 @@ def test_recipe_specific_settings() -> None:
     beta = crown.method.callback.schedules.beta
     assert (beta.start, beta.end) == (1.0, 0.0) and crown.method.kappa_end == 0.0
     cohen = compose(overrides=["recipe=cohen_smoothing_cifar10"], output_dir="unused")
-    cert = cohen.evaluation.certificates.smoothing
+    cert = cohen.evaluation.certify.smoothing
     assert (cert.n0, cert.n, cert.alpha, cert.sigma) == (100, 100_000, 0.001, 0.25)
 
 
@@ -148,7 +178,7 @@ def _shrink(cfg: DictConfig) -> None:
                         "bounds": node.bounds,
                     }
                 ]
-            elif target == "advtrain.certify.certificates.SmoothingCertificate":
+            if "sigma" in node and "n0" in node:  # randomized smoothing's CERTIFY
                 node.n0, node.n, node.batch_size, node.alpha = 8, 32, 32, 0.1
             for key in ("steps", "restarts"):
                 if key in node and not OmegaConf.is_interpolation(node, key):
@@ -164,7 +194,8 @@ def _shrink(cfg: DictConfig) -> None:
     with open_dict(cfg):
         for group in ("attack", "method", "evaluation", "callbacks"):
             visit(cfg[group])
-        cfg.evaluation.eps_factors = [0.0, 1.0] if cfg.evaluation.get("eps_factors") else []
+        grid = cfg.evaluation.eps_grid
+        grid.factors = [0.0, 1.0] if grid.factors else []
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -200,12 +231,15 @@ def test_recipe_runs_end_to_end_on_synthetic_data(name: str, tmp_path: Path) -> 
     assert 0.0 <= saved["clean_accuracy"] <= 1.0
     for value in saved["robust_accuracy"].values():
         assert 0.0 <= value <= saved["clean_accuracy"]
-    expected = EXPECTED.get(name, ("", "", "", 0.0, "", {"pgd-50x5", "autoattack"}))[-1]
+    expected = EXPECTED.get(name, ("", "", "", 0.0, "", {"pgd-50x5", "autoattack", "apgd-ce"}))[-1]
     attacks = {e for e in expected if not e.startswith("cert:")}
     certificates = {e[5:] for e in expected if e.startswith("cert:")}
     assert set(saved["robust_accuracy"]) - {"worst_case"} == attacks
-    summary = (saved.get("certified") or {}).get("summary") or {}
-    assert set(summary) == certificates
+    certified = saved.get("certified") or {}
+    ran = {m for m, res in (certified.get("bounds") or {}).items() if res["supported"]}
+    ran |= {"smoothing"} if certified.get("smoothing") else set()
+    assert ran == certificates
+    summary = certified.get("summary") or {}
     for value in summary.values():
         assert value is None or (0.0 <= value <= 1.0 and not math.isnan(value))
     assert saved["threat_model"]["eps"] == pytest.approx(EXPECTED.get(name, (0, 0, 0, 0.2))[3])

@@ -131,7 +131,7 @@ PREEMPT = [
     "++trainer.limit_train_batches=10",
     "++trainer.limit_val_batches=1",
     "evaluation.n_examples=24",
-    "evaluation.eps_factors=[0.0,1.0]",
+    "evaluation.eps_grid.factors=[0.0,1.0]",
     "seed=3",
 ]
 
@@ -211,7 +211,7 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) 
         assert torch.equal(resumed[name], reference[name]), name
     a = json.loads((job_dir / "report.json").read_text())
     b = json.loads((reference_dir / "report.json").read_text())
-    for key in ("clean_accuracy", "robust_accuracy", "counts", "per_class_accuracy", "eps_curve"):
+    for key in ("clean_accuracy", "robust_accuracy", "counts", "per_class", "eps_curve"):
         assert a[key] == b[key], key
 
 

@@ -25,7 +25,7 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``advtrain-train -m attack.eps=0.1,0.2,0.3 seed=0,1`` through the console script."""
+    """``advtrain-train -m threat.eps=0.1,0.2,0.3 seed=0,1`` through the console script."""
     root = tmp_path_factory.mktemp("sweep")
     exe = Path(sys.executable).with_name("advtrain-train")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -33,7 +33,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             str(exe),
             "-m",
-            "attack.eps=0.1,0.2,0.3",
+            "threat.eps=0.1,0.2,0.3",
             "seed=0,1",
             *TINY,
             f"hydra.sweep.dir={root / 'multirun'}",
@@ -69,9 +69,9 @@ def test_each_job_writes_its_report_into_its_own_folder(sweep_dir: Path) -> None
 def test_summary_matches_the_job_reports(sweep_dir: Path) -> None:
     rows = _csv_rows(sweep_dir / SUMMARY_CSV)
     reports = list(_reports(sweep_dir).values())
-    assert [r["attack.eps"] for r in rows] == ["0.1", "0.2", "0.3"]
+    assert [r["threat.eps"] for r in rows] == ["0.1", "0.2", "0.3"]
     for row in rows:
-        jobs = [r for r in reports if r["threat_model"]["eps"] == float(row["attack.eps"])]
+        jobs = [r for r in reports if r["threat_model"]["eps"] == float(row["threat.eps"])]
         assert int(row["n_jobs"]) == len(jobs) == 2
         assert sorted(map(int, row["seeds"].split())) == [0, 1]
         for metric, values in (
@@ -83,7 +83,7 @@ def test_summary_matches_the_job_reports(sweep_dir: Path) -> None:
             )
             assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
     md = (sweep_dir / SUMMARY_MD).read_text()
-    assert "| attack.eps | jobs | seeds |" in md and "±" in md
+    assert "| threat.eps | jobs | seeds |" in md and "±" in md
     first = [r for r in reports if r["threat_model"]["eps"] == 0.1]
     mean = statistics.fmean(r["clean_accuracy"] for r in first)
     std = statistics.stdev(r["clean_accuracy"] for r in first)
@@ -92,7 +92,7 @@ def test_summary_matches_the_job_reports(sweep_dir: Path) -> None:
 
 def test_summarize_sweep_can_be_called_directly(sweep_dir: Path, tmp_path: Path) -> None:
     again = summarize_sweep(sweep_dir, write=False)
-    assert again.keys == ["attack.eps"] and len(again.groups) == 3
+    assert again.keys == ["threat.eps"] and len(again.groups) == 3
     assert all(g.seeds == [0, 1] for g in again.groups)
 
 

@@ -92,7 +92,7 @@ def test_a_non_integer_seed_is_a_config_error(tmp_path: Path) -> None:
 def test_an_untrained_model_is_flagged_in_the_report(tmp_path: Path) -> None:
     report = run(compose(overrides=[*TINY, "trainer.max_epochs=0"], output_dir=str(tmp_path)))
     assert report is not None
-    flags = {f["code"]: f for f in report["sanity_flags"]}
+    flags = {f["code"]: f for f in report["sanity"]["flags"]}
     assert flags["untrained_model"]["triggered"]
     assert "untrained_model" in (tmp_path / "report.md").read_text()
 

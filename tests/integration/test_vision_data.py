@@ -537,7 +537,7 @@ def test_train_cli_runs_on_mnist_files_under_two_process_ddp(
             "callbacks.robust_evaluation.every_n_epochs=1",
             "evaluation.attacks.pgd-20.steps=1",
             "evaluation.attacks.autoattack.version=fast",
-            "evaluation.eps_factors=[0.0,1.0]",
+            "evaluation.eps_grid.factors=[0.0,1.0]",
             f"hydra.run.dir={tmp_path}",
         ],
         env={**os.environ, "ADVTRAIN_DATA": str(root), "OMP_NUM_THREADS": "1"},

@@ -1,4 +1,5 @@
-"""The confidence interval that ``scripts/bench_callback.py`` puts on its median time ratio.
+"""The confidence interval that the benchmarks (``scripts/bench/timing.py``) put on a median time
+ratio, their verdict, the per-step estimate and the interleaving order.
 
 The interval ``[v_(k), v_(n-k+1)]`` of the sorted per-pair ratios covers the median with
 probability ``1 - 2 P(Binomial(n, 1/2) <= k - 1)`` whatever the distribution; ``k`` must be the
@@ -8,9 +9,8 @@ larger one an over-confident verdict on the 1.05 target).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def median_interval():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "bench_callback", ROOT / "scripts" / "bench_callback.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_callback"] = module
-    spec.loader.exec_module(module)
-    return module.median_interval
+def timing():  # type: ignore[no-untyped-def]
+    """``scripts.bench.timing``, imported from the repository root."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(ROOT))
+        return importlib.import_module("scripts.bench.timing")
+
+
+@pytest.fixture(scope="module")
+def median_interval(timing):  # type: ignore[no-untyped-def]
+    return timing.median_interval
 
 
 def test_known_ranks(median_interval) -> None:  # type: ignore[no-untyped-def]
@@ -62,12 +63,36 @@ def test_empirical_coverage(median_interval) -> None:  # type: ignore[no-untyped
     assert covered / trials >= 0.94  # nominal 95.7% for n = 30 (binomial sd ~0.5%)
 
 
-def test_step_quantile(median_interval) -> None:  # type: ignore[no-untyped-def]
+def test_step_quantile(timing) -> None:  # type: ignore[no-untyped-def]
     """The per-step estimate is the low quantile of the steps' times."""
-    step_quantile = sys.modules["bench_callback"].step_quantile
+    step_quantile = timing.step_quantile
     steps = [float(v) for v in range(100, 0, -1)]  # 1..100, unsorted
     assert step_quantile(steps) == 11.0  # ten steps are faster
     assert step_quantile(steps, q=0.0) == 1.0
     assert step_quantile([5.0]) == 5.0
     # a burst that slows most steps does not move it while over a tenth stay undisturbed
     assert step_quantile([1.0] * 20 + [9.0] * 80) == 1.0
+
+
+def test_verdict_needs_six_pairs_and_judges_the_whole_interval(timing) -> None:  # type: ignore[no-untyped-def]
+    summary = timing.RatioSummary.of
+    assert summary([1.0] * 5).verdict() == "few pairs"  # no 95% interval below 6 pairs
+    assert summary([1.0] * 10).verdict() == "ok"
+    assert summary([1.0] * 9 + [2.0]).verdict() == "ok"  # the outlier lies outside the interval
+    assert summary([1.04] * 5 + [1.2] * 4).verdict() == "at the mark"  # only the median is under
+    assert summary([1.06] * 10).verdict() == "over"
+    assert str(summary([float(i) for i in range(10)])) == "4.500 [1.000, 8.000]"
+
+
+def test_interleaved_pairs_alternate_the_order(timing) -> None:  # type: ignore[no-untyped-def]
+    calls: list[str] = []
+    pairs = timing.interleaved_pairs(
+        lambda: calls.append("a"), lambda: calls.append("b"), repeats=4, warmup=1
+    )
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then pairs
+    assert len(pairs.a) == len(pairs.b) == 4 and len(pairs.ratios("cpu")) == 4
+    assert timing.rotation(["x", "y", "z"], 4) == ["y", "z", "x"]
+
+
+def test_markdown_table(timing) -> None:  # type: ignore[no-untyped-def]
+    assert timing.markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"

@@ -1,13 +1,15 @@
 """Adversarial attacks: ``attack(model, x, y) -> x_adv`` with the guarantees of :mod:`.base`."""
 
+from typing import Any
+
 from advtrain.attacks.apgd import APGD
 from advtrain.attacks.autoattack import AutoAttack, AutoAttackResult
-from advtrain.attacks.base import Attack, model_state_guard
-from advtrain.attacks.checks import SanityFlag, check_model, check_results, run_sanity_checks
+from advtrain.attacks.base import Attack
 from advtrain.attacks.fab import FAB
 from advtrain.attacks.pgd import FGSM, PGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades import TRADESAttack
+from advtrain.modes import model_state_guard
 
 __all__ = [
     "APGD",
@@ -25,3 +27,19 @@ __all__ = [
     "model_state_guard",
     "run_sanity_checks",
 ]
+
+#: Names that moved to :mod:`advtrain.evaluation` (diagnostics, not attacks), still importable here.
+_MOVED = {
+    "SanityFlag": "advtrain.evaluation.sanity",
+    "check_model": "advtrain.evaluation.sanity",
+    "check_results": "advtrain.evaluation.sanity_results",
+    "run_sanity_checks": "advtrain.evaluation.sanity_results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # imported on first use: the evaluation package imports the attacks
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'advtrain.attacks' has no attribute {name!r}")

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, BNMode, check_positive_int
+from advtrain.attacks.base import Attack
 from advtrain.attacks.objectives import get_objective, targeted_dlr
 from advtrain.attacks.precision import loss_scaled_logits
+from advtrain.modes import BNMode
 from advtrain.threat import ThreatModel
+from advtrain.validation import check_positive_int
 
 #: Per-example loss to maximise, called as ``loss(logits, y, target)`` (``target`` may be None).
 _Loss = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]

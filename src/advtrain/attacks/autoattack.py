@@ -23,7 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.apgd import APGD
-from advtrain.attacks.base import Attack, BNMode, check_positive_int, model_state_guard
+from advtrain.attacks.base import Attack
+from advtrain.modes import BNMode, model_state_guard
+from advtrain.validation import check_positive_int
 
 VERSIONS: tuple[str, ...] = ("standard", "plus", "fast", "custom")
 ATTACK_NAMES: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")

@@ -8,7 +8,8 @@ and evaluation. Every attack:
   ``ValueError``/``TypeError`` that says what to change;
 * computes input gradients only (``torch.autograd.grad``), never ``.backward()`` into parameters;
 * leaves the model exactly as found: parameters, ``.grad``, each module's ``training`` flag,
-  BatchNorm running statistics and ``requires_grad`` flags (see :func:`model_state_guard`);
+  BatchNorm running statistics and ``requires_grad`` flags (see
+  :func:`advtrain.modes.model_state_guard`);
 * never writes into ``x`` or ``y``; returns a new, detached tensor of the same shape, dtype and
   device, inside the threat model's ball and box.
 """
@@ -18,95 +19,16 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from advtrain.generators import DeviceGenerators
+from advtrain.modes import BN_MODES, BNMode, check_bn_mode, model_state_guard
 from advtrain.randomness import Draws
 from advtrain.threat import ThreatModel, check_labels
-
-BNMode = Literal["eval", "train", "train_frozen"]
-BN_MODES: tuple[str, ...] = ("eval", "train", "train_frozen")
-
-
-def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    """Validates an integer count such as ``steps`` or ``restarts`` (accepts ``5.0``, not ``5.5``).
-
-    Raises:
-        TypeError: If ``value`` is not integral.
-        ValueError: If ``value < minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            if float(value) != int(value):
-                raise ValueError
-            value = int(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-@contextlib.contextmanager
-def model_state_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
-    """Puts ``model`` in the attack's mode and restores everything on exit.
-
-    Inside the block parameters do not require gradients (so attacks build no parameter graph),
-    and BatchNorm/Dropout behave according to ``bn_mode``:
-
-    * ``"eval"`` (default): the whole model in eval mode; BatchNorm uses running statistics.
-      Deterministic and the usual choice for evaluation and for TRADES-style training.
-    * ``"train"``: the modes the model already has (a training model keeps batch statistics and
-      dropout); BatchNorm running statistics updated by the attack's forward passes are restored.
-    * ``"train_frozen"``: the model in train mode (batch statistics) with the running statistics
-      restored afterwards; the same as ``"train"`` for a model already in train mode.
-
-    On exit each module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad``, and
-    every BatchNorm buffer are exactly as they were on entry, even if the block raised.
-    """
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got {bn_mode!r}")
-    modes = [(m, m.training) for m in model.modules()]
-    # Where no module overrides train() or __setattr__, switching modes is exactly setting each
-    # module's plain ``training`` attribute (what nn.Module.train does, without its recursion and
-    # __setattr__'s checks: about half of this guard's cost on a small network).
-    set_flags = all(
-        type(m).train is nn.Module.train and type(m).__setattr__ is nn.Module.__setattr__
-        for m, _ in modes
-    )
-    set_attribute = object.__setattr__ if set_flags else setattr
-    params = list(model.parameters())
-    requires = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    bn_buffers: list[tuple[Tensor, Tensor]] = []
-    if bn_mode != "eval":
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                for buf in m.buffers(recurse=False):
-                    bn_buffers.append((buf, buf.detach().clone()))
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        if bn_mode != "train":
-            if set_flags:
-                for m, _ in modes:
-                    set_attribute(m, "training", bn_mode == "train_frozen")
-            else:
-                model.train(bn_mode == "train_frozen")
-        yield model
-    finally:
-        for m, training in modes:
-            set_attribute(m, "training", training)
-        for p, req, g in zip(params, requires, grads, strict=True):
-            p.requires_grad_(req)
-            p.grad = g
-        with torch.no_grad():
-            for buf, saved in bn_buffers:
-                buf.copy_(saved)
-
+from advtrain.validation import check_positive_int
 
 _DTYPE_HINTS = ("dtype", "scalar type", "Input type", "same type")
 
@@ -137,7 +59,8 @@ class Attack(ABC):
         norm: ``"linf"``, ``"l2"`` (and ``"l1"`` where the attack supports it).
         bounds: ``(low, high)`` of valid inputs.
         seed: Seed of the attack's random generator; ``None`` draws from torch's global RNG.
-        bn_mode: BatchNorm/Dropout behaviour during the attack, see :func:`model_state_guard`.
+        bn_mode: BatchNorm/Dropout behaviour during the attack, see
+            :func:`advtrain.modes.model_state_guard`.
     """
 
     #: Norms a subclass supports.
@@ -158,13 +81,10 @@ class Attack(ABC):
                 f"{type(self).__name__} supports norm in {list(self.supported_norms)}, got {norm!r}"
             )
         self.threat = ThreatModel(norm=norm, eps=eps, bounds=tuple(bounds))  # type: ignore[arg-type]
-        if bn_mode not in BN_MODES:
-            raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got {bn_mode!r}")
-        self.bn_mode = bn_mode
+        self.bn_mode = check_bn_mode(bn_mode)
         if seed is not None:
             seed = check_positive_int(seed, "seed", minimum=0)
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._generators = DeviceGenerators(seed)
         self._label_range: tuple[int, int] | None = None
         self._call_draws: Draws | None = None  # per-example draws of the current call
 
@@ -189,19 +109,18 @@ class Attack(ABC):
         return self.threat.bounds
 
     # -- randomness -----------------------------------------------------------------------------
+    @property
+    def seed(self) -> int | None:
+        """Seed of the attack's generators (``None``: torch's global RNG)."""
+        return self._generators.seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._generators.seed = value
+
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The attack's generator on ``device`` (``None`` when unseeded: global RNG)."""
-        if self.seed is None:
-            return None
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
+        return self._generators.get(device)
 
     def draws(self, device: torch.device) -> Draws:
         """The current call's random numbers: per example when the call was given ``ids``,
@@ -240,19 +159,14 @@ class Attack(ABC):
         Generators already made are re-seeded in place (the same stream as a new one: training
         callbacks reseed every step, and making a CUDA generator each time costs more).
         """
-        self.seed = seed
-        if seed is None:
-            self._generators.clear()
-            return
-        for gen in self._generators.values():
-            gen.manual_seed(seed)
+        self._generators.reseed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         """The attack's mutable state: seed and generator states (for exact resume)."""
         return {
             "seed": self.seed,
             "eps": self.eps,
-            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+            "generators": self._generators.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -260,11 +174,7 @@ class Attack(ABC):
         self.seed = state.get("seed", self.seed)
         if "eps" in state:
             self.eps = state["eps"]
-        self._generators.clear()
-        for dev, gen_state in state.get("generators", {}).items():
-            gen = self.generator(torch.device(dev))
-            if gen is not None:
-                gen.set_state(gen_state)
+        self._generators.load_state_dict(state.get("generators", {}))
 
     # -- the call -------------------------------------------------------------------------------
     def validate(self, x: Tensor, y: Tensor) -> None:
@@ -355,3 +265,8 @@ class Attack(ABC):
             + (f", {extra}" if extra else "")
             + ")"
         )
+
+
+# model_state_guard, BN_MODES, BNMode (advtrain.modes) and check_positive_int (advtrain.validation)
+# are re-exported for the modules that still import them from here.
+__all__ = ["BN_MODES", "Attack", "BNMode", "check_positive_int", "model_state_guard"]

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, BNMode, check_positive_int
+from advtrain.attacks.base import Attack
+from advtrain.modes import BNMode
+from advtrain.validation import check_positive_int
 
 
 def project_onto_hyperplane_box(

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, BNMode, check_positive_int
+from advtrain.attacks.base import Attack
 from advtrain.attacks.objectives import get_objective, misclassified
 from advtrain.attacks.precision import loss_scaled_logits
+from advtrain.modes import BNMode
+from advtrain.validation import check_positive_int
 
 
 class PGD(Attack):

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, BNMode, check_positive_int
+from advtrain.attacks.base import Attack
 from advtrain.attacks.objectives import cw_margin
+from advtrain.modes import BNMode
+from advtrain.validation import check_positive_int
 
 #: Iterations (out of 10,000) after which the fraction ``p`` of pixels changed per step halves.
 P_SCHEDULE_CHECKPOINTS: tuple[int, ...] = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, BNMode, check_positive_int
+from advtrain.attacks.base import Attack
 from advtrain.attacks.precision import loss_scaled_logits
+from advtrain.modes import BNMode
+from advtrain.validation import check_positive_int
 
 #: The paper's CIFAR-10 step-to-radius ratio, 0.007 / 0.031 (eps / 4.43).
 LINF_ALPHA_RATIO = 0.007 / 0.031

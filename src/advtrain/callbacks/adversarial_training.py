@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from advtrain.attacks.base import Attack, check_positive_int, model_state_guard
+from advtrain.attacks.base import Attack
 from advtrain.callbacks.batch import Key, replace_inputs, split_batch
 from advtrain.callbacks.inputs import (
     InputSpace,
@@ -54,9 +54,11 @@ from advtrain.callbacks.step_wrapper import unwrap_training_step, wrap_training_
 from advtrain.lit.adapter import Callback, MisconfigurationException
 from advtrain.losses.base import TrainingLoss
 from advtrain.models.view import ForwardFn, OutputKey
+from advtrain.modes import model_state_guard
 from advtrain.normalization import AUTO
 from advtrain.schedules.base import Schedule
 from advtrain.threat import OutOfBoundsError, ThreatModel
+from advtrain.validation import check_positive_int
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer

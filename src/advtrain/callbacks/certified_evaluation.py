@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from advtrain.attacks.base import model_state_guard
 from advtrain.callbacks.batch import Key
 from advtrain.callbacks.inputs import NormalizationArg
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
 from advtrain.certify.certificates import BOUND_METHODS, BoundCertificate
 from advtrain.lit.adapter import MisconfigurationException
+from advtrain.modes import model_state_guard
 from advtrain.normalization import AUTO
 
 if TYPE_CHECKING:

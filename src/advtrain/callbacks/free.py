@@ -50,7 +50,6 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info
 from torch import Tensor
 
-from advtrain.attacks.base import check_positive_int
 from advtrain.callbacks.batch import Key, replace_inputs, split_batch
 from advtrain.callbacks.inputs import (
     InputSpace,
@@ -67,6 +66,7 @@ from advtrain.lit import adapter
 from advtrain.lit.adapter import Callback, MisconfigurationException
 from advtrain.normalization import AUTO
 from advtrain.threat import OutOfBoundsError, ThreatModel, check_input_batch
+from advtrain.validation import check_positive_int
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer

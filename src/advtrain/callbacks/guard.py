@@ -24,12 +24,14 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from advtrain.attacks.base import Attack, check_positive_int, model_state_guard
+from advtrain.attacks.base import Attack
 from advtrain.attacks.pgd import PGD
 from advtrain.callbacks.batch import Key, split_batch
 from advtrain.callbacks.subset_evaluation import find_training_callback, training_space
 from advtrain.lit.adapter import Callback, MisconfigurationException
+from advtrain.modes import model_state_guard
 from advtrain.threat import ThreatModel
+from advtrain.validation import check_positive_int
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer

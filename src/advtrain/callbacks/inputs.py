@@ -17,9 +17,9 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from advtrain.attacks.base import model_state_guard
 from advtrain.lit.adapter import MisconfigurationException
 from advtrain.models.view import ClassifierView, ForwardFn, OutputKey
+from advtrain.modes import model_state_guard
 from advtrain.normalization import (
     AUTO,
     Normalization,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from advtrain.attacks.base import check_positive_int
 from advtrain.lit import adapter
+from advtrain.validation import check_positive_int
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer

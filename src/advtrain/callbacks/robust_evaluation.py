@@ -13,12 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.autoattack import AutoAttack
-from advtrain.attacks.base import Attack, model_state_guard
+from advtrain.attacks.base import Attack
 from advtrain.callbacks.batch import Key
 from advtrain.callbacks.inputs import NormalizationArg
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
 from advtrain.lit.adapter import MisconfigurationException
 from advtrain.models.view import ForwardFn, OutputKey
+from advtrain.modes import model_state_guard
 from advtrain.normalization import AUTO
 from advtrain.threat import ThreatModel
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import check_positive_int
 from advtrain.callbacks.batch import Key, split_batch
 from advtrain.callbacks.inputs import InputSpace, NormalizationArg
 from advtrain.lit.adapter import Callback
 from advtrain.models.view import ForwardFn, OutputKey
 from advtrain.normalization import AUTO
 from advtrain.threat import OutOfBoundsError, ThreatModel
+from advtrain.validation import check_positive_int
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -158,6 +158,14 @@ class SubsetEvaluation(Callback):
         if self.last_value is not None:
             # Already summed across ranks: every rank logs the same value.
             pl_module.log(self.monitor, self.last_value, prog_bar=True, sync_dist=True)
+
+    @property
+    def state_key(self) -> str:
+        """The checkpoint key: the class name and the monitored metric, so several evaluations
+        of one class (e.g. two ``RobustEvaluation`` at different eps, each with its own
+        ``monitor``) can share a Trainer and each resume its own last value. Checkpoints
+        written under the class name alone still load (Lightning's legacy key)."""
+        return self._generate_state_key(monitor=self.monitor)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_value": self.last_value}

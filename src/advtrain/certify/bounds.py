@@ -13,9 +13,9 @@ Both bound functions take ``(model, x, eps, norm="linf", bounds=(0, 1), labels=N
 ``(lower, upper)`` on the logits, or on the margins ``z_y - z_j`` when ``labels`` are given.
 """
 
-from advtrain.certify._graph import SUPPORTED_LAYERS
-from advtrain.certify._spec import margin_spec
 from advtrain.certify.crown import crown_bounds
 from advtrain.certify.ibp import interval_bounds, verified
+from advtrain.certify.lowering import SUPPORTED_LAYERS
+from advtrain.certify.spec import margin_spec
 
 __all__ = ["SUPPORTED_LAYERS", "crown_bounds", "interval_bounds", "margin_spec", "verified"]

@@ -15,22 +15,22 @@ The computation follows auto_LiRPA's ``compute_bounds(method="CROWN")`` (or ``"C
 ``bound_opts={"sparse_intermediate_bounds": False}``, i.e. the textbook definition in which every
 intermediate neuron is bounded by CROWN. (auto_LiRPA's default additionally keeps IBP bounds for
 neurons that IBP already proves stable for the whole batch; since CROWN is not always tighter than
-IBP, that can change results in rare cases.) ``scripts/compare_auto_lirpa.py`` runs auto_LiRPA 0.3
-itself on MLPs and CNNs with and without BatchNorm: for ``linf`` IBP, CROWN and CROWN-IBP agree
-to 1e-15 relative in float64 (see BENCHMARKS.md). Conventions shared with auto_LiRPA:
+IBP, that can change results in rare cases.) ``python -m scripts.bench.compare_auto_lirpa`` runs
+auto_LiRPA 0.3 itself on MLPs and CNNs with and without BatchNorm: for ``linf`` IBP, CROWN and
+CROWN-IBP agree to 1e-15 relative in float64 (BENCHMARKS.md). Conventions shared with auto_LiRPA:
 
 * ``linf``: the input domain is the box ``x_L = max(x - eps, low)``, ``x_U = min(x + eps, high)``;
   a linear bound ``A·x' + c`` is concretised as ``A·(x_U + x_L)/2 ∓ |A|·(x_U - x_L)/2 + c``;
 * ``l2``: concretised with the dual norm, ``A·x ∓ eps·||A||₂ + c``; the input box is *not* used
   (auto_LiRPA ignores ``x_L``/``x_U`` for L2), so the bound holds on the whole ball;
-* the ReLU relaxation of ``BoundRelu`` (see :func:`advtrain.certify._ops.relu_relaxation`);
+* the ReLU relaxation of ``BoundRelu`` (see :func:`advtrain.certify.ops.relu_relaxation`);
 * bounds of a layer that only sees the input through elementwise-affine layers and a single
   linear/convolution layer are computed directly (interval arithmetic is exact there, as in
   auto_LiRPA's first-linear-layer shortcut), and a ReLU's output bounds are its input bounds
   passed through the ReLU;
 * convolutional layers reached from the input through convolutions, elementwise-affine layers
   and ReLUs get their intermediate bounds on receptive-field patches (``conv_mode="patches"``,
-  :mod:`advtrain.certify._patches`), other layers on full feature maps in chunks of neurons
+  :mod:`advtrain.certify.patches`), other layers on full feature maps in chunks of neurons
   (``conv_mode="matrix"``); both give the same numbers.
 
 Differences: the max-pool relaxation also handles overlapping windows and pads with ``-inf``; for
@@ -51,8 +51,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.certify._graph import BoundGraph
-from advtrain.certify._ops import (
+from advtrain.certify.graph import BoundGraph
+from advtrain.certify.ibp import fold_target, ibp_pass, prepare, propagate, spec_interval
+from advtrain.certify.ops import (
     RELU_LOWER,
     AffineOp,
     Interval,
@@ -61,10 +62,9 @@ from advtrain.certify._ops import (
     RunContext,
     box_to_interval,
 )
-from advtrain.certify._patches import patch_bounds, patch_chain
-from advtrain.certify._precision import without_autocast
-from advtrain.certify._spec import InputSet, check_arguments, margin_spec
-from advtrain.certify.ibp import _propagate, fold_target, ibp_pass, prepare, spec_interval
+from advtrain.certify.patches import patch_bounds, patch_chain
+from advtrain.certify.precision import without_autocast
+from advtrain.certify.spec import InputSet, check_arguments, margin_spec
 
 INTERMEDIATE: tuple[str, ...] = ("crown", "ibp")
 CONV_MODES: tuple[str, ...] = ("patches", "matrix")
@@ -73,6 +73,7 @@ DEFAULT_CHUNK_ELEMENTS = 2**22
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """Sum of two optional coefficient tensors (``None`` is zero)."""
     if a is None:
         return b
     if b is None:
@@ -81,6 +82,7 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 
 
 def _accumulate(old: tuple[Any, Any], new: tuple[Any, Any]) -> tuple[Any, Any]:
+    """Adds the pair ``new`` to ``old``, keeping a shared lower/upper tensor shared."""
     lo = _add(old[0], new[0])
     if old[0] is old[1] and new[0] is new[1]:
         return lo, lo
@@ -223,7 +225,7 @@ def intermediate_bounds(
 
     With ``conv_mode="patches"`` the CROWN bounds of convolutional layers reached from the input
     through a chain of convolutions, elementwise-affine layers and ReLUs are computed on
-    receptive-field patches (:mod:`advtrain.certify._patches`), with the same result.
+    receptive-field patches (:mod:`advtrain.certify.patches`), with the same result.
     """
     need = _needed(graph)
     if not need:
@@ -286,7 +288,8 @@ def compute_crown(
     return _final(graph, inputs, ctx, labels, k, bounds, need_upper)
 
 
-def _spec(labels: Tensor | None, k: int, x: Tensor) -> Tensor:
+def _output_spec(labels: Tensor | None, k: int, x: Tensor) -> Tensor:
+    """The spec matrix of the final pass: the identity on the logits, or the margins."""
     if labels is None:
         return torch.eye(k, dtype=x.dtype, device=x.device).unsqueeze(0)
     return margin_spec(labels, k, x.dtype)
@@ -303,7 +306,7 @@ def _final(
 ) -> tuple[Tensor, Tensor | None]:
     """The backward pass from the output with the spec matrix, concretised."""
     x = inputs.x
-    C = _spec(labels, k, x)
+    C = _output_spec(labels, k, x)
     batch = x.shape[0]
     in_l, in_u, lb, ub = backward(graph, graph.output, C, C if need_upper else None, bounds, ctx)
     lower = concretize(in_l, lb, inputs, -1, batch).expand(batch, k)
@@ -325,7 +328,7 @@ def compute_crown_ibp(
     need = _needed(graph)
     j = fold_target(graph)
     keep = set(need) | {graph.output if j is None else j}
-    pre = _propagate(graph, inputs, ctx, keep=keep, stop=max(keep))
+    pre = propagate(graph, inputs, ctx, keep=keep, stop=max(keep))
     ibp_lower, _ = spec_interval(graph, inputs, ctx, margin_spec(labels, k, inputs.x.dtype), pre)
     bounds = {i: box_to_interval(pre[0][i]) for i in need}
     crown_lower, _ = _final(graph, inputs, ctx, labels, k, bounds, need_upper=False)

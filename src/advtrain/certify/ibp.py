@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.certify._graph import BoundGraph, build_graph
-from advtrain.certify._ops import (
+from advtrain.certify.graph import BoundGraph
+from advtrain.certify.lowering import build_graph
+from advtrain.certify.ops import (
     AddOp,
     BatchNormOp,
     Box,
@@ -33,12 +34,14 @@ from advtrain.certify._ops import (
     conv_padding,
     interval_to_box,
 )
-from advtrain.certify._precision import without_autocast
-from advtrain.certify._spec import InputSet, check_arguments, check_output, margin_spec
+from advtrain.certify.precision import without_autocast
+from advtrain.certify.spec import InputSet, check_arguments, check_output, margin_spec
 
 #: The L2 ball seen through an elementwise-affine prefix of the network: ``c + s ⊙ δ``,
 #: ``||δ||₂ <= eps`` (``s`` has a batch dimension of 1).
-_Affine = tuple[Tensor, Tensor]
+L2View = tuple[Tensor, Tensor]
+#: What :func:`propagate` returns: boxes ``{node: (mu, w)}`` and L2 views ``{node: (c, s)}``.
+Propagated = tuple[dict[int, Box], dict[int, L2View]]
 
 
 def _l2_radius(op: DenseOp | ConvOp, s: Tensor, eps: float, W: Tensor | None = None) -> Tensor:
@@ -71,8 +74,8 @@ def ibp_pass(
     only: set[int] | None = None,
     clip_l2: bool = True,
 ) -> dict[int, Interval]:
-    """Interval bounds ``(lower, upper)`` of the nodes ``keep`` (see :func:`_propagate`)."""
-    boxes = _propagate(graph, inputs, ctx, keep, stop, only, clip_l2)[0]
+    """Interval bounds ``(lower, upper)`` of the nodes ``keep`` (see :func:`propagate`)."""
+    boxes = propagate(graph, inputs, ctx, keep, stop, only, clip_l2)[0]
     return {i: box_to_interval(b) for i, b in boxes.items()}
 
 
@@ -81,7 +84,7 @@ def ibp_pass(
 _FRESH = (DenseOp, ConvOp, BatchNormOp, AddOp)
 
 
-def _propagate(
+def propagate(
     graph: BoundGraph,
     inputs: InputSet,
     ctx: RunContext,
@@ -89,13 +92,14 @@ def _propagate(
     stop: int | None = None,
     only: set[int] | None = None,
     clip_l2: bool = True,
-) -> tuple[dict[int, Box], dict[int, _Affine]]:
+) -> Propagated:
     """Propagates the input set's box through ``graph`` in centre/width form.
 
-    Every node's box is held as ``(mu, w)`` (centre and width, :data:`~._ops.Box`): an affine
-    layer maps it with one product by ``M`` and one by ``|M|`` (Gowal et al. 2018, Eq. 4-5) and
-    a ReLU takes four elementwise passes, in place when it is the only reader of a fresh box
-    (:meth:`~._ops.ReLUOp.box`); endpoints are only formed where they are asked for.
+    Every node's box is held as ``(mu, w)`` (centre and width, :data:`~advtrain.certify.ops.Box`):
+    an affine layer maps it with one product by ``M`` and one by ``|M|`` (Gowal et al. 2018,
+    Eq. 4-5) and a ReLU takes four elementwise passes, in place when it is the only reader of a
+    fresh box (:meth:`~advtrain.certify.ops.ReLUOp.box`); endpoints are only formed where they
+    are asked for.
 
     For ``l2`` the box ``[x - eps, x + eps] ∩ [low, high]`` is propagated, and at the first
     linear or convolution layer (after any elementwise-affine layers such as ``Normalize``) the
@@ -119,52 +123,77 @@ def _propagate(
     n_nodes = len(graph.nodes)
     last = n_nodes - 1 if stop is None else stop
     want = set(keep or ()) | {last if stop is not None else graph.output}
-    l2 = inputs.norm == "l2"
     boxes: list[Box | None] = [None] * n_nodes
-    aff: list[_Affine | None] = [None] * n_nodes
-    lo, hi = inputs.box(clip=not l2 or clip_l2)
-    width = hi - lo
-    boxes[0] = (hi.add_(lo).mul_(0.5), width)
-    if l2:
-        x = inputs.x
-        aff[0] = (x, torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
+    aff: list[L2View | None] = [None] * n_nodes
+    boxes[0], aff[0] = _input_box(inputs, clip_l2)
     for i in range(1, last + 1):
         if only is not None and i not in only:
             continue
-        node = graph.nodes[i]
-        op = node.op
-        ins = [boxes[j] for j in node.inputs]
-        if any(v is None for v in ins):
-            raise RuntimeError(f"internal error: missing box for an input of {op.name}")
-        tracked = aff[node.inputs[0]] if len(node.inputs) == 1 else None
-        if tracked is not None and isinstance(op, (ScaleOp, ReshapeOp)):
-            c, s = tracked
-            aff[i] = (op.apply(ctx, c), op.apply_abs(ctx, s))
-            boxes[i] = op.box(ctx, *ins)  # type: ignore[arg-type]
-        elif tracked is not None and isinstance(op, (DenseOp, ConvOp)):
-            c, s = tracked
-            center = op.apply(ctx, c)
-            radius = _l2_radius(op, s, inputs.eps)
-            lo, hi = box_to_interval(op.box(ctx, *ins))  # type: ignore[arg-type]
-            lo, hi = torch.maximum(lo, center - radius), torch.minimum(hi, center + radius)
-            boxes[i] = interval_to_box((lo, hi))
-        else:
-            j = node.inputs[0]
-            # The only reader of a fresh box that is not returned may overwrite it.
-            owned = (
-                len(node.inputs) == 1
-                and j != 0
-                and j not in want
-                and graph.consumers[j] == 1
-                and isinstance(graph.nodes[j].op, _FRESH)
-            )
-            boxes[i] = op.box(ctx, *ins, owned=owned)  # type: ignore[arg-type]
-        for j in node.inputs:
+        boxes[i], aff[i] = _node_box(graph, i, boxes, aff, inputs, ctx, want)
+        for j in graph.nodes[i].inputs:
             if graph.last_use[j] <= i and j not in want:
                 boxes[j] = None
                 aff[j] = None
-    out = {i: boxes[i] for i in want if boxes[i] is not None}
-    return out, {i: aff[i] for i in want if aff[i] is not None}  # type: ignore[misc]
+    out = {i: box for i in want if (box := boxes[i]) is not None}
+    return out, {i: view for i in want if (view := aff[i]) is not None}
+
+
+def _input_box(inputs: InputSet, clip_l2: bool) -> tuple[Box, L2View | None]:
+    """The input set's box and, for ``l2``, the exact ball ``x + 1 ⊙ δ``.
+
+    The box is clipped to the input box, except for ``l2`` without ``clip_l2``.
+    """
+    l2 = inputs.norm == "l2"
+    lo, hi = inputs.box(clip=not l2 or clip_l2)
+    width = hi - lo
+    box = (hi.add_(lo).mul_(0.5), width)
+    if not l2:
+        return box, None
+    x = inputs.x
+    return box, (x, torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
+
+
+def _node_box(
+    graph: BoundGraph,
+    i: int,
+    boxes: list[Box | None],
+    aff: list[L2View | None],
+    inputs: InputSet,
+    ctx: RunContext,
+    want: set[int],
+) -> tuple[Box, L2View | None]:
+    """The box of node ``i`` from its inputs' boxes, and its L2 view while there is one.
+
+    Raises:
+        RuntimeError: If an input's box was not computed (an ``only`` set that misses it).
+    """
+    node = graph.nodes[i]
+    op = node.op
+    ins = [boxes[j] for j in node.inputs]
+    if any(v is None for v in ins):
+        raise RuntimeError(f"internal error: missing box for an input of {op.name}")
+    tracked = aff[node.inputs[0]] if len(node.inputs) == 1 else None
+    if tracked is not None and isinstance(op, (ScaleOp, ReshapeOp)):
+        c, s = tracked
+        view = (op.apply(ctx, c), op.apply_abs(ctx, s))
+        return op.box(ctx, *ins), view  # type: ignore[arg-type]
+    if tracked is not None and isinstance(op, (DenseOp, ConvOp)):
+        c, s = tracked
+        center = op.apply(ctx, c)
+        radius = _l2_radius(op, s, inputs.eps)
+        lo, hi = box_to_interval(op.box(ctx, *ins))  # type: ignore[arg-type]
+        lo, hi = torch.maximum(lo, center - radius), torch.minimum(hi, center + radius)
+        return interval_to_box((lo, hi)), None
+    j = node.inputs[0]
+    # The only reader of a fresh box that is not returned may overwrite it.
+    owned = (
+        len(node.inputs) == 1
+        and j != 0
+        and j not in want
+        and graph.consumers[j] == 1
+        and isinstance(graph.nodes[j].op, _FRESH)
+    )
+    return op.box(ctx, *ins, owned=owned), None  # type: ignore[arg-type]
 
 
 def fold_target(graph: BoundGraph) -> int | None:
@@ -180,7 +209,7 @@ def spec_interval(
     inputs: InputSet,
     ctx: RunContext,
     C: Tensor,
-    pre: tuple[dict[int, Box], dict[int, _Affine]] | None = None,
+    pre: Propagated | None = None,
 ) -> Interval:
     """IBP bounds on ``C·z`` with ``C`` folded into the final linear layer when there is one.
 
@@ -189,14 +218,14 @@ def spec_interval(
         inputs: The input set.
         ctx: Run context.
         C: Spec matrix ``(B, S, K)``.
-        pre: Boxes (and L2 descriptions) already propagated by :func:`_propagate`; must hold
+        pre: Boxes (and L2 descriptions) already propagated by :func:`propagate`; must hold
             :func:`fold_target` (or the output when there is none).
     """
     op = graph.nodes[graph.output].op
     j = fold_target(graph)
     if j is not None:
         assert isinstance(op, DenseOp)
-        boxes, affs = pre if pre is not None else _propagate(graph, inputs, ctx, stop=j)
+        boxes, affs = pre if pre is not None else propagate(graph, inputs, ctx, stop=j)
         mu, w = boxes[j]
         W, b = op.folded(C)  # (B, S, in), (B, S)
         c = W.matmul(mu.unsqueeze(-1)).squeeze(-1)
@@ -212,7 +241,7 @@ def spec_interval(
             rad = _l2_radius(op, sx, inputs.eps, W)
             lower, upper = torch.maximum(lower, cc - rad), torch.minimum(upper, cc + rad)
         return lower, upper
-    boxes = pre[0] if pre is not None else _propagate(graph, inputs, ctx)[0]
+    boxes = pre[0] if pre is not None else propagate(graph, inputs, ctx)[0]
     mu, w = boxes[graph.output]
     c = C.matmul(mu.unsqueeze(-1)).squeeze(-1)
     r = C.abs().matmul(w.unsqueeze(-1)).squeeze(-1).mul_(0.5)
@@ -250,7 +279,7 @@ def compute_ibp(
     ctx = RunContext(batch_stats=batch_stats)
     graph, k = prepare(model, inputs, labels, ctx)
     if labels is None:
-        return box_to_interval(_propagate(graph, inputs, ctx)[0][graph.output])
+        return box_to_interval(propagate(graph, inputs, ctx)[0][graph.output])
     return spec_interval(graph, inputs, ctx, margin_spec(labels, k, inputs.x.dtype))
 
 
@@ -316,11 +345,14 @@ def verified(lower_margins: Tensor, labels: Tensor) -> Tensor:
 
 
 __all__ = [
+    "L2View",
+    "Propagated",
     "compute_ibp",
     "fold_target",
     "ibp_pass",
     "interval_bounds",
     "prepare",
+    "propagate",
     "spec_interval",
     "verified",
 ]

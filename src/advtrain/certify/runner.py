@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from advtrain.attacks.base import check_positive_int
-from advtrain.certify.smoothing import Mode, Smooth
+from advtrain.certify.smoothing import CertifyResult, Mode, Smooth
+from advtrain.validation import check_positive_int
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 TSV_NAME = "certify.tsv"
@@ -153,35 +153,58 @@ def certify_dataset(
     if max_examples is not None:
         indices = indices[:max_examples]
 
-    bar: Any = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    def certify(x: Tensor) -> CertifyResult:
+        return smooth.certify_detailed(x, n0, n, alpha, batch_size, mode=mode, radius=radius)
 
-            bar = tqdm(total=len(indices), desc=f"certify σ={smooth.sigma:g}", unit="ex")
-        except ImportError:  # pragma: no cover - tqdm ships with Lightning
-            bar = None
-
-    rows: list[dict[str, Any]] = []
     start_all = time.perf_counter()
+    rows = _certify_rows(smooth, get, indices, progress, certify)
+    report = _report(rows, radii_t, time.perf_counter() - start_all)
+    if out_dir is not None:
+        settings = {"n0": n0, "n": n, "alpha": alpha, "mode": mode, "skip": skip}
+        _write_outputs(report, Path(out_dir), smooth.sigma, settings)
+    return report
+
+
+def _progress_bar(total: int, sigma: float) -> Any:
+    """A tqdm progress bar, or ``None`` without tqdm."""
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"certify σ={sigma:g}", unit="ex")
+    except ImportError:  # pragma: no cover - tqdm ships with Lightning
+        return None
+
+
+def _example(get: Any, idx: int, num_classes: int) -> tuple[Any, int]:
+    """``data[idx]`` as ``(x, label)``, checked."""
+    item = get(idx)
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise ValueError(
+            f"data[{idx}] must be a pair (x, label), got {type(item).__name__}; wrap "
+            "tensors as (x, y) or a TensorDataset"
+        )
+    x, label = item[0], item[1]
+    label = int(label.item() if isinstance(label, Tensor) else label)
+    if not 0 <= label < num_classes:
+        raise ValueError(f"example {idx} has label {label}, outside [0, {num_classes})")
+    return x, label
+
+
+def _certify_rows(
+    smooth: Smooth,
+    get: Any,
+    indices: list[int],
+    progress: bool,
+    certify: Callable[[Tensor], CertifyResult],
+) -> list[dict[str, Any]]:
+    """One row per certified example: ``idx label predict radius correct time samples``."""
+    bar = _progress_bar(len(indices), smooth.sigma) if progress else None
+    rows: list[dict[str, Any]] = []
     try:
         for idx in indices:
-            item = get(idx)
-            if not isinstance(item, (tuple, list)) or len(item) < 2:
-                raise ValueError(
-                    f"data[{idx}] must be a pair (x, label), got {type(item).__name__}; wrap "
-                    "tensors as (x, y) or a TensorDataset"
-                )
-            x, label = item[0], item[1]
-            label = int(label.item() if isinstance(label, Tensor) else label)
-            if not 0 <= label < smooth.num_classes:
-                raise ValueError(
-                    f"example {idx} has label {label}, outside [0, {smooth.num_classes})"
-                )
+            x, label = _example(get, idx, smooth.num_classes)
             start = time.perf_counter()
-            res = smooth.certify_detailed(
-                torch.as_tensor(x), n0, n, alpha, batch_size, mode=mode, radius=radius
-            )
+            res = certify(torch.as_tensor(x))
             rows.append(
                 {
                     "idx": idx,
@@ -199,40 +222,40 @@ def certify_dataset(
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - start_all
+    return rows
 
+
+def _report(
+    rows: list[dict[str, Any]], radii: tuple[float, ...], seconds: float
+) -> CertificationReport:
+    """Certified accuracy at ``radii`` and the accuracy-vs-radius curve of ``rows``."""
     correct = np.array([r["correct"] for r in rows], dtype=bool)
     cert_r = np.array([r["radius"] for r in rows], dtype=np.float64)
-    at = np.array(radii_t)
-    acc = _accuracy_at(correct, cert_r, at)
-    top = max([*radii_t, float(cert_r.max()) if cert_r.size else 0.0]) * 1.05 or 1.0
+    acc = _accuracy_at(correct, cert_r, np.array(radii))
+    top = max([*radii, float(cert_r.max()) if cert_r.size else 0.0]) * 1.05 or 1.0
     grid = np.linspace(0.0, top, 256)
-    report = CertificationReport(
-        radii=radii_t,
-        certified_accuracy={r: float(a) for r, a in zip(radii_t, acc, strict=True)},
+    return CertificationReport(
+        radii=radii,
+        certified_accuracy={r: float(a) for r, a in zip(radii, acc, strict=True)},
         curve_radius=grid,
         curve_accuracy=_accuracy_at(correct, cert_r, grid),
         rows=rows,
         seconds=seconds,
         mean_samples=float(np.mean([r["samples"] for r in rows])) if rows else math.nan,
     )
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        report.tsv_path = out / TSV_NAME
-        _write_tsv(report.tsv_path, rows)
-        report.plot_path = out / PLOT_NAME
-        _plot(report, report.plot_path, smooth.sigma)
-        summary = report.summary() | {
-            "sigma": smooth.sigma,
-            "n0": n0,
-            "n": n,
-            "alpha": alpha,
-            "mode": mode,
-            "skip": skip,
-        }
-        (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
-    return report
+
+
+def _write_outputs(
+    report: CertificationReport, out: Path, sigma: float, settings: dict[str, Any]
+) -> None:
+    """``certify.tsv``, the accuracy plot and ``certify_summary.json`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    report.tsv_path = out / TSV_NAME
+    _write_tsv(report.tsv_path, report.rows)
+    report.plot_path = out / PLOT_NAME
+    _plot(report, report.plot_path, sigma)
+    summary = report.summary() | {"sigma": sigma, **settings}
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
 
 
 def _write_tsv(path: Path, rows: list[dict[str, Any]]) -> None:

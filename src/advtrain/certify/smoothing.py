@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from advtrain.attacks.base import check_positive_int, model_state_guard
 from advtrain.certify.sequential import (
     CONTINUE,
     SequentialTest,
@@ -40,6 +39,9 @@ from advtrain.certify.sequential import (
     pa_lower_bound,
     radius_from_lower_bound,
 )
+from advtrain.generators import DeviceGenerators
+from advtrain.modes import model_state_guard
+from advtrain.validation import check_positive_int
 
 Mode = Literal["standard", "sequential"]
 ABSTAIN = -1
@@ -146,27 +148,26 @@ class Smooth:
         self.model = model
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
         self.sigma = _check_sigma(sigma)
-        self.seed = None if seed is None else check_positive_int(seed, "seed", minimum=0)
+        self._generators = DeviceGenerators(
+            None if seed is None else check_positive_int(seed, "seed", minimum=0)
+        )
         self.force_eval = bool(force_eval)
-        self._generators: dict[torch.device, torch.Generator] = {}
 
     # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def seed(self) -> int | None:
+        """Seed of the noise generators (``None``: torch's global RNG)."""
+        return self._generators.seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._generators.seed = value
+
     def reseed(self, seed: int | None) -> None:
         """Restarts the noise stream from ``seed`` (``None``: torch's global RNG)."""
-        self.seed = None if seed is None else check_positive_int(seed, "seed", minimum=0)
-        self._generators.clear()
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
+        self._generators.reseed(
+            None if seed is None else check_positive_int(seed, "seed", minimum=0)
+        )
 
     @contextlib.contextmanager
     def _model_mode(self) -> Iterator[None]:
@@ -235,7 +236,7 @@ class Smooth:
         b, c = x.shape[0], self.num_classes
         total = b * num
         device = x.device
-        gen = self._generator(device)
+        gen = self._generators.get(device)
         counts = torch.zeros(b * c, dtype=torch.long, device=device)
         flush = max(batch_size, (_FLUSH_SAMPLES // batch_size) * batch_size)
         buf = torch.empty(min(total, flush), dtype=torch.long, device=device)

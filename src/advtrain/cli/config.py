@@ -9,6 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from advtrain.cli.composition import explain_composition_error
+from advtrain.cli.errors import ConfigError
+from advtrain.cli.structured import register_schemas
 from advtrain.report.folders import run_id
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -45,7 +48,6 @@ def lightning_package(cfg: Any) -> str:
         ValueError: For an unknown package name, or one that is not installed (the message
             names the installed ones and the override).
     """
-    from advtrain.cli.schemas import ConfigError
     from advtrain.lit import adapter
 
     choice = cfg.get("lightning", "auto") if cfg is not None else "auto"
@@ -90,7 +92,7 @@ def parse_fraction(value: Any) -> Any:
 
 
 def coerce_fractions(cfg: DictConfig | ListConfig) -> None:
-    """Turns string fractions such as ``attack.eps=8/255`` into floats, in place."""
+    """Turns string fractions such as ``threat.eps=8/255`` into floats, in place."""
     items = cfg.items() if isinstance(cfg, DictConfig) else enumerate(cfg)
     for key, _ in list(items):
         node = cfg._get_node(key)  # type: ignore[union-attr]
@@ -114,13 +116,11 @@ def compose(
     output_dir=tmp))``.
 
     Raises:
-        advtrain.cli.schemas.ConfigError: For an unknown key (naming the valid ones).
+        advtrain.cli.errors.ConfigError: For an unknown key (naming the valid ones).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException
-
-    from advtrain.cli.schemas import ConfigError, explain_composition_error, register_schemas
 
     register_resolvers()
     register_schemas()
@@ -134,3 +134,41 @@ def compose(
                 raise
             raise ConfigError(message) from err
     return cfg
+
+
+def diagnose_overrides(args: Sequence[str]) -> str | None:
+    """Re-composes the command line's overrides and explains an unknown-key error, if any.
+
+    Used by ``advtrain-train`` after Hydra reported a failure: flags and ``hydra.*`` overrides
+    are left out, sweeps take their first value. Returns ``None`` when the overrides compose (the
+    failure lay elsewhere) or cannot be re-composed here.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in args if not a.startswith("-")]
+        )
+    except Exception:
+        return None
+    overrides: list[str] = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra") or o.key_or_group == "output_dir":
+            continue
+        if o.is_sweep_override():
+            try:
+                first = next(iter(o.sweep_string_iterator()))
+            except Exception:
+                return None
+            overrides.append(f"{o.get_key_element()}={first}")
+        else:
+            overrides.append(o.input_line)
+    try:
+        compose(overrides=overrides, output_dir="unused")
+    except ConfigError as err:
+        return str(err)
+    except Exception:
+        return None
+    return None

@@ -1,10 +1,18 @@
-"""One-line messages for failures outside advtrain's control (a full disk, a read-only folder)."""
+"""The console scripts' errors: :class:`ConfigError` for a configuration that cannot run, and
+one-line messages for failures outside advtrain's control (a full disk, a read-only folder)."""
 
 from __future__ import annotations
 
 import errno
 import sys
 from typing import NoReturn
+
+from hydra.errors import ConfigCompositionException
+
+
+class ConfigError(ConfigCompositionException, ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
 
 #: ``OSError`` numbers of a failed write that the user can fix (space, permissions, quota).
 WRITE_ERRORS = frozenset(
@@ -36,4 +44,4 @@ def exit_on_write_error(program: str, exc: OSError) -> NoReturn:
     raise SystemExit(2) from None
 
 
-__all__ = ["WRITE_ERRORS", "exit_on_write_error", "explain_write_error"]
+__all__ = ["WRITE_ERRORS", "ConfigError", "exit_on_write_error", "explain_write_error"]

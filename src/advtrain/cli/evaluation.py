@@ -1,4 +1,13 @@
-"""The evaluation a run ends with: clean and robust accuracy, the eps curve, and the report."""
+"""The evaluation a training run ends with: the same pipeline and report as ``advtrain-eval``.
+
+The ``evaluation`` node of ``conf/train.yaml`` takes the keys of ``conf/eval.yaml`` (attacks
+from the ``conf/attacks/`` presets on the ``threat`` node, ``eps_grid``, ``certify``, ``sanity``);
+:func:`evaluate_checkpoint` builds the plan (:func:`advtrain.cli.eval_plan.build_plan`), runs
+:func:`advtrain.evaluation.run_evaluation` on the test split and writes one report schema, so a
+training run's ``report.md`` has every section an ``advtrain-eval`` report has. Finished units of
+work are kept in ``<output_dir>/eval_state``: a run requeued during its final evaluation does not
+redo them.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +17,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from advtrain.attacks.autoattack import AutoAttackResult
-from advtrain.attacks.checks import SanityFlag, run_sanity_checks
-from advtrain.certify.certificates import certified_section
+from advtrain.checkpoints import load_weights
 from advtrain.cli.config import lightning_package
+from advtrain.cli.eval_data import load_split
+from advtrain.cli.eval_plan import build_plan, threat_model
+from advtrain.cli.eval_report import assemble_report, write_config
 from advtrain.data.base import tensors_sha256
-from advtrain.evaluation import evaluate_attacks
+from advtrain.evaluation.flags import untrained_flag
+from advtrain.evaluation.pipeline import run_evaluation
+from advtrain.evaluation.report import report_sections
+from advtrain.evaluation.state import StateMismatchError, UnitStore
+from advtrain.evaluation.units import UnitRunner
+from advtrain.models.view import ClassifierView
 from advtrain.report import environment, sha256_file, sha256_text, write_report
+from advtrain.report.ledger import canonical_json
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
-
-
-def load_lightning_weights(module: LightningModule, checkpoint: str) -> None:
-    """Loads a Lightning checkpoint's weights into ``module`` with ``weights_only=True``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
-
-
-def untrained_flag() -> SanityFlag:
-    """The flag of a run that took no optimizer step (``trainer.max_epochs=0``, an empty
-    training split): its report describes the initial weights."""
-    return SanityFlag(
-        code="untrained_model",
-        triggered=True,
-        message="the run took no optimizer step: this report evaluates the untrained, randomly "
-        "initialised weights",
-        advice="train for at least one epoch (trainer.max_epochs >= 1) on a non-empty split, or "
-        "resume from a checkpoint that has trained",
-        details={"optimizer_steps": 0},
-    )
 
 
 def threat_normalization(
@@ -60,6 +55,26 @@ def threat_normalization(
     return {"where": "model", "mean": values["m"], "std": values["s"], "source": "model"}
 
 
+def _weights(
+    module: LightningModule, checkpoint: str | None, output_dir: Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The classifier with the checkpoint's weights (read tensors only), saved as ``model.pt``."""
+    classifier: nn.Module = module.model if hasattr(module, "model") else module
+    if checkpoint is not None:
+        load_weights(classifier, checkpoint)
+    classifier = classifier.cpu().eval()
+    weights_path = output_dir / "model.pt"
+    torch.save(classifier.state_dict(), weights_path)
+    return classifier, {
+        "path": str(weights_path),
+        "sha256": sha256_file(weights_path),
+        "source": checkpoint,
+        "source_sha256": sha256_file(checkpoint) if checkpoint else None,
+        "format": "state_dict",
+        "loaded_with": "weights_only",
+    }
+
+
 def evaluate_checkpoint(
     cfg: DictConfig,
     module: LightningModule,
@@ -72,129 +87,55 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluates the best checkpoint on the test split and writes the report.
 
-    Clean accuracy, each configured attack's robust accuracy and the per-example worst case
-    (:func:`advtrain.evaluation.evaluate_attacks`; AutoAttack's members are listed too), robust
-    accuracy along an eps grid, and the sanity flags of :mod:`advtrain.attacks.checks`.
-
     ``data_normalization`` is the normalisation the training callback found in the training
-    data (``None``: the data was in pixels); the report records where the inputs are normalised.
-    ``trained_steps`` (the optimizer steps the run took) of 0 raises the ``untrained_model`` flag.
+    data (``None``: the data was in pixels): the test split is read in pixels and the model seen
+    through it, so eps stays in pixels. ``trained_steps`` (the optimizer steps the run took) of 0
+    raises the ``untrained_model`` flag.
     """
     start = time.perf_counter()
-    if checkpoint is not None:
-        load_lightning_weights(module, checkpoint)
-    classifier: nn.Module = module.model if hasattr(module, "model") else module
-    classifier = classifier.cpu().eval()
-    weights_path = output_dir / "model.pt"
-    torch.save(classifier.state_dict(), weights_path)
-
+    classifier, ckpt = _weights(module, checkpoint, output_dir)
     ev = cfg.evaluation
-    x, y = datamodule.test_tensors(ev.get("n_examples"))
+    threat = threat_model(cfg.threat)
+    norm = None if data_normalization is None else [data_normalization[k] for k in ("mean", "std")]
+    data = load_split(datamodule, "test", ev.get("n_examples"), threat.bounds, norm)
     # Attack and certify on the GPU when there is one (the saved weights above are CPU tensors).
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier, x, y = classifier.to(device), x.to(device), y.to(device)
-    batch_size = int(ev.get("batch_size", 512))
-    attacks = {
-        str(name): instantiate(node, _convert_="all")
-        for name, node in (ev.get("attacks") or {}).items()
-    }
-    result = evaluate_attacks(classifier, (x, y), attacks, progress=False, batch_size=batch_size)
-    robust = dict(result.robust_accuracy)
-    attack_info: dict[str, Any] = {}
-    for name, attack in attacks.items():
-        node = OmegaConf.to_container(ev.attacks[name], resolve=True)
-        info: dict[str, Any] = {
-            "target": str(node.pop("_target_", type(attack).__name__)),  # type: ignore[union-attr]
-            "params": node,
-            "description": repr(attack),
-            "accuracy": robust[name],
-            "correct": result.counts[name],
-            "seconds": result.seconds.get(name, 0.0),
-        }
-        detail = result.details.get(name)
-        if isinstance(detail, AutoAttackResult):
-            counts = detail.counts
-            info["members"] = [
-                {"name": member, "accuracy_after": acc, "correct_after": counts[member]}
-                for member, acc in detail.accuracies.items()
-                if member in detail.robust_after
-            ]
-        attack_info[name] = info
-    if len(attacks) > 1:
-        robust["worst_case"] = result.worst_case_accuracy
-    # Certified accuracy (IBP/CROWN bounds, randomized smoothing): advtrain.certify.certificates.
-    certificates = {
-        str(k): instantiate(v, _convert_="all") for k, v in (ev.get("certificates") or {}).items()
-    }
-    certified = certified_section(certificates, classifier, x, y)
-    timings["evaluate"] = time.perf_counter() - start
-
-    curve: list[dict[str, float]] = []
-    curve_name = ""
-    if ev.get("curve_attack") is not None and ev.get("eps_factors"):
-        t0 = time.perf_counter()
-        curve_attack = instantiate(ev.curve_attack, _convert_="all")
-        curve_name = getattr(curve_attack, "name", type(curve_attack).__name__)
-        base_eps = float(cfg.attack.eps)
-        for factor in ev.eps_factors:
-            curve_attack.eps = float(factor) * base_eps
-            point = evaluate_attacks(
-                classifier, (x, y), {"a": curve_attack}, progress=False, batch_size=batch_size
-            )
-            curve.append({"eps": curve_attack.eps, "accuracy": point.robust_accuracy["a"]})
-        timings["eps_curve"] = time.perf_counter() - t0
-
-    flags = run_sanity_checks(
-        classifier,
-        x[:256],
-        y[:256],
-        clean_acc=result.clean_accuracy,
-        per_attack_acc=dict(result.robust_accuracy),
-        eps_grid_acc={p["eps"]: p["accuracy"] for p in curve} or None,
-    )
-
+    net = classifier.to(device)
+    if data.normalization is not None:
+        net = ClassifierView(classifier, data.normalization).to(device).eval()
+    plan = build_plan(ev, threat, int(ev.get("seed", cfg.seed)))
+    data_sha = tensors_sha256(data.x, data.y)
+    settings = {**plan.settings(), "n_examples": int(data.y.numel()), "device": str(device)}
+    fingerprint = sha256_text(canonical_json([settings, ckpt["sha256"], data_sha]))
+    try:  # units of an evaluation of these weights, interrupted: reuse them
+        store = UnitStore(output_dir / "eval_state", fingerprint, settings, resume=True)
+    except StateMismatchError:  # of other weights (an earlier attempt's checkpoint): discard
+        store = UnitStore(output_dir / "eval_state", fingerprint, settings, resume=False)
+    out = run_evaluation(net, data.x, data.y, plan, UnitRunner(store, plan.seed), None)
+    flags = []
     if trained_steps == 0:
-        flags.insert(0, untrained_flag())
-        print(f"advtrain-train: WARNING {flags[0]}", file=sys.stderr)
-
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    (output_dir / "config_resolved.yaml").write_text(config_yaml)
-    report: dict[str, Any] = {
-        "schema_version": 1,
-        "data": {"name": str(cfg.data.get("name", "data")), "split": "test"},
-        "clean_accuracy": result.clean_accuracy,
-        "robust_accuracy": robust,
-        "threat_model": {
-            "norm": str(cfg.attack.norm),
-            "eps": float(cfg.attack.eps),
-            "bounds": [float(b) for b in cfg.data.bounds],
-        },
-        "n_examples": len(y),
-        "attacks": attack_info,
-        "counts": result.counts,
-        "per_class_accuracy": {
-            name: [None if v != v else float(v) for v in values.tolist()]
-            for name, values in result.per_class_accuracy(int(cfg.data.num_classes)).items()
-        },
-        "sanity_flags": [flag.to_dict() for flag in flags],
-        "eps_curve": curve,
-        "eps_curve_attack": curve_name,
-        "checkpoint": {
-            "path": str(weights_path),
-            "sha256": sha256_file(weights_path),
-            "source": checkpoint,
-            "source_sha256": sha256_file(checkpoint) if checkpoint else None,
-        },
-        "config_sha256": sha256_text(config_yaml),
-        "data_sha256": tensors_sha256(x, y),
-        "seed": int(cfg.seed),
-        "timings_s": dict(timings),
-        "environment": environment(lightning_package(cfg)),
-    }
+        flags.append(untrained_flag())
+        print(f"advtrain-train: WARNING untrained_model: {flags[0]['message']}", file=sys.stderr)
+    sections = report_sections(out, plan, flags)
     normalization = threat_normalization(cfg, data_normalization)
     if normalization is not None:  # eps is in pixels; say where the inputs are normalised
-        report["threat_model"]["normalization"] = normalization
-    if certified:
-        report["certified"] = certified
+        sections["threat_model"]["normalization"] = normalization
+    timings.update(out.seconds)
+    timings["evaluate"] = time.perf_counter() - start
+    report = assemble_report(
+        sections,
+        kind="train",
+        data={"name": str(cfg.data.get("name", "data")), "split": "test", "source": data.source},
+        checkpoint=ckpt,
+        config=write_config(cfg, output_dir),
+        data_sha256=data_sha,
+        seed=int(cfg.seed),
+        timings=timings,
+        environment=environment(lightning_package(cfg)),
+        settings=settings,
+    )
     write_report(report, output_dir)
     return report
+
+
+__all__ = ["evaluate_checkpoint", "threat_normalization"]

@@ -1,6 +1,6 @@
 """Sweep summaries: mean ± standard deviation across seeds of every job's report.
 
-``advtrain-train -m attack.eps=0.1,0.2,0.3 seed=0,1`` runs one job per combination, each writing
+``advtrain-train -m threat.eps=0.1,0.2,0.3 seed=0,1`` runs one job per combination, each writing
 ``report.json`` into its own folder ``<sweep dir>/<job number>`` (with Hydra's record of the job's
 overrides in ``.hydra/overrides.yaml``). :func:`summarize_sweep` groups the jobs by their
 overrides other than the seed, and writes into the sweep folder

@@ -3,7 +3,7 @@
 Usage::
 
     advtrain-train                                   # PGD-AT on the embedded digits (default)
-    advtrain-train attack.eps=0.1 trainer.max_epochs=10 seed=1
+    advtrain-train threat.eps=0.1 trainer.max_epochs=10 seed=1   # threat.eps=8/255 also works
     advtrain-train ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
     advtrain-train trainer=ddp trainer.devices=2 trainer.accelerator=cpu
 """
@@ -24,16 +24,17 @@ from omegaconf import DictConfig, open_dict
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
 from advtrain.callbacks.subset_evaluation import training_space
 from advtrain.checkpoints import CheckpointError, check_training_checkpoint
-from advtrain.cli.config import coerce_fractions, lightning_package, register_resolvers
-from advtrain.cli.errors import exit_on_write_error
-from advtrain.cli.evaluation import evaluate_checkpoint
-from advtrain.cli.schemas import (
-    ConfigError,
-    check_config,
+from advtrain.cli.config import (
+    coerce_fractions,
     diagnose_overrides,
-    max_epochs_factor,
-    register_schemas,
+    lightning_package,
+    register_resolvers,
 )
+from advtrain.cli.config_checks import check_config, max_epochs_factor
+from advtrain.cli.errors import ConfigError, exit_on_write_error
+from advtrain.cli.evaluation import evaluate_checkpoint
+from advtrain.cli.structured import register_schemas
+from advtrain.cli.threat_check import check_threat
 from advtrain.data.vision import DatasetNotFoundError
 from advtrain.lit import adapter
 from advtrain.lit.adapter import Callback
@@ -138,6 +139,45 @@ def scale_max_epochs(cfg: DictConfig) -> None:
     )
 
 
+def _build_trainer(
+    cfg: DictConfig,
+    package: str,
+    output_dir: Path,
+    extra_callbacks: list[Callback] | None,
+    step_timer: TrainingStepTimer,
+) -> tuple[Trainer, RequeueOnSignal | None]:
+    """The configured Trainer with the method's, the configured and the extra callbacks, and the
+    requeue callback when the run is to be requeued on a signal."""
+    callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
+    plugins: list[Any] = []
+    requeue = _requeue_on_signal(cfg, output_dir)
+    if requeue is not None:
+        # Lightning's SLURM environment listens for the same signal the launcher sends;
+        # RequeueOnSignal (not Lightning's in-handler save) writes the checkpoint.
+        slurm = adapter.locate(package, "plugins.environments.SLURMEnvironment")
+        plugins.append(slurm(auto_requeue=False, requeue_signal=requeue.signum))
+        callbacks.append(requeue)
+    # The step timer goes last, so its batch-end hook runs after every other callback's.
+    callbacks.append(step_timer)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    extra: dict[str, Any] = {"plugins": plugins} if plugins else {}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **extra), requeue
+
+
+def _resume_path(cfg: DictConfig, output_dir: Path, module: Any) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path``, else a requeued job's own checkpoint."""
+    ckpt_path = cfg.get("ckpt_path")
+    resume_from = output_dir / "checkpoints" / REQUEUE_CHECKPOINT
+    if ckpt_path is None and resume_from.exists():
+        # A requeued job (preemption, time limit): go on from where the signal stopped it.
+        print(f"advtrain-train: resuming from {resume_from}", file=sys.stderr)
+        ckpt_path = str(resume_from)
+    if ckpt_path is not None:
+        # before Lightning reads it: a clear error for anything but this run's training state
+        check_training_checkpoint(str(ckpt_path), module)
+    return ckpt_path
+
+
 def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any] | None:
     """Trains and evaluates as configured; returns the report on rank zero (``None`` elsewhere).
 
@@ -146,12 +186,14 @@ def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[
         extra_callbacks: More Lightning callbacks for this run (programmatic use).
 
     Raises:
-        advtrain.cli.schemas.ConfigError: For a configuration that cannot run (unknown keys,
-            ``trainer=ddp`` with one device...), before anything is built.
+        advtrain.cli.errors.ConfigError: For a configuration that cannot run (unknown keys,
+            ``trainer=ddp`` with one device, an ``attack.eps`` other than ``threat.eps``...),
+            before anything is built.
     """
     register_resolvers()
     coerce_fractions(cfg)
     check_config(cfg)
+    check_threat(cfg)  # attack.eps/norm must be the threat model's
     scale_max_epochs(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -164,30 +206,9 @@ def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[
     datamodule = instantiate(cfg.data.module, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     module = instantiate(cfg.module, model=model, _convert_="all")
-    # The step timer goes last, so its batch-end hook runs after every other callback's.
     step_timer = TrainingStepTimer()
-    callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
-    plugins: list[Any] = []
-    requeue = _requeue_on_signal(cfg, output_dir)
-    if requeue is not None:
-        # Lightning's SLURM environment listens for the same signal the launcher sends;
-        # RequeueOnSignal (not Lightning's in-handler save) writes the checkpoint.
-        slurm = adapter.locate(package, "plugins.environments.SLURMEnvironment")
-        plugins.append(slurm(auto_requeue=False, requeue_signal=requeue.signum))
-        callbacks.append(requeue)
-    callbacks.append(step_timer)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    extra: dict[str, Any] = {"plugins": plugins} if plugins else {}
-    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **extra)
-    ckpt_path = cfg.get("ckpt_path")
-    resume_from = output_dir / "checkpoints" / REQUEUE_CHECKPOINT
-    if ckpt_path is None and resume_from.exists():
-        # A requeued job (preemption, time limit): go on from where the signal stopped it.
-        print(f"advtrain-train: resuming from {resume_from}", file=sys.stderr)
-        ckpt_path = str(resume_from)
-    if ckpt_path is not None:
-        # before Lightning reads it: a clear error for anything but this run's training state
-        check_training_checkpoint(str(ckpt_path), module)
+    trainer, requeue = _build_trainer(cfg, package, output_dir, extra_callbacks, step_timer)
+    ckpt_path = _resume_path(cfg, output_dir, module)
     fit_start = time.perf_counter()
     try:
         trainer.fit(

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advtrain.data.vision import TorchvisionDataModule, import_torchvision
+from advtrain.data.vision import import_torchvision
+from advtrain.data.vision_datamodule import TorchvisionDataModule
 
 #: Zero padding of the random crop (Madry et al. 2018, Rice et al. 2020).
 CROP_PADDING = 4

@@ -2,16 +2,19 @@
 
 1,797 grey 8×8 images of the digits 0–9 (UCI "Optical Recognition of Handwritten Digits"),
 shipped inside scikit-learn. Pixels (0–16) are scaled to [0, 1]; the split into train,
-validation and test is stratified and seeded, so every run sees the same examples.
+validation and test is stratified and seeded, so every run sees the same examples. The tensors
+here are plain PyTorch; :class:`~advtrain.data.datamodules.DigitsDataModule` is their Lightning
+edge.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-from torch.utils.data import TensorDataset
 
-from advtrain.data.base import ClassificationDataModule
+from advtrain.lazy import lazy_attribute
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -47,51 +50,9 @@ def stratified_split(
     return (torch.as_tensor(train), torch.as_tensor(val), torch.as_tensor(test))
 
 
-class DigitsDataModule(ClassificationDataModule):
-    """scikit-learn's handwritten digits, scaled to [0, 1], split stratified and seeded.
-
-    With the default 0.7/0.1/0.2 split: 1,257 training, 180 validation and 360 test images.
-
-    Args:
-        batch_size: Training batch size.
-        eval_batch_size: Batch size for validation and test (defaults to ``batch_size``·4).
-        split: Fractions ``(train, val, test)``.
-        split_seed: Seed of the stratified split (independent of the run's seed).
-        seed: Seed of the training shuffle (epoch ``e`` uses ``seed + e``; resumable).
-        num_workers: DataLoader workers.
-    """
-
-    input_shape = (1, 8, 8)
-    num_classes = 10
-    bounds = (0.0, 1.0)
-    name = "digits"
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        split: tuple[float, float, float] = (0.7, 0.1, 0.2),
-        split_seed: int = 0,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-        )
-        self.split = tuple(float(f) for f in split)
-        self.split_seed = int(split_seed)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        x, y = load_digits_tensors()
-        tr, va, te = stratified_split(y, self.split, self.split_seed)  # type: ignore[arg-type]
-        self.train_set = TensorDataset(x[tr], y[tr])
-        self.val_set = TensorDataset(x[va], y[va])
-        self.test_set = TensorDataset(x[te], y[te])
+def __getattr__(name: str) -> Any:
+    # The Lightning data module, importable from here as before (imported on first use).
+    return lazy_attribute(__name__, name, {"DigitsDataModule": "advtrain.data.datamodules"})
 
 
-__all__ = ["DigitsDataModule", "load_digits_tensors", "stratified_split"]
+__all__ = ["load_digits_tensors", "stratified_split"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from advtrain.data.vision import TorchvisionDataModule
+from advtrain.data.vision_datamodule import TorchvisionDataModule
 
 
 class MNISTDataModule(TorchvisionDataModule):

@@ -8,26 +8,34 @@ smoke-tested end to end with ``data=synthetic data.input_shape=[3,32,32]`` — t
 training method and the evaluation see tensors of the recipe's shape, and a short run already
 learns something (a linear classifier separates the prototypes; ``noise`` sets how hard it is).
 
-It is not a benchmark: figures measured on it say nothing about MNIST or CIFAR-10.
+It is not a benchmark: figures measured on it say nothing about MNIST or CIFAR-10. The tensors
+here are plain PyTorch; :class:`~advtrain.data.datamodules.SyntheticDataModule` is their
+Lightning edge.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import TensorDataset
 
-from advtrain.attacks.base import check_positive_int
-from advtrain.data.base import ClassificationDataModule
+from advtrain.lazy import lazy_attribute
+from advtrain.validation import check_positive_int
 
 #: Side of the low-resolution grid each prototype is drawn on (upsampled to the image size).
 PROTOTYPE_GRID = 4
 
 
-def _check_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Validates ``(channels, height, width)`` (three integers >= 1).
+
+    Raises:
+        TypeError: If ``input_shape`` is not a sequence of integers.
+        ValueError: If it does not have three entries, or one is below 1.
+    """
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
         raise TypeError(f"input_shape must be (channels, height, width), got {input_shape!r}")
     if len(input_shape) != 3:
@@ -60,7 +68,7 @@ def make_synthetic(
         class ``n // num_classes`` or ``n // num_classes + 1`` times, in a seeded random order.
     """
     n = check_positive_int(n, "n")
-    c, h, w = _check_shape(input_shape)
+    c, h, w = check_input_shape(input_shape)
     num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise ValueError(f"noise must be a number >= 0 (e.g. 0.3), got {noise!r}")
@@ -72,86 +80,9 @@ def make_synthetic(
     return x.clamp_(0.0, 1.0).contiguous(), y
 
 
-class SyntheticDataModule(ClassificationDataModule):
-    """Seeded synthetic images of a chosen shape and number of classes (see module docstring).
-
-    The examples are drawn once from ``data_seed`` and split in order into train, validation and
-    test sets of ``split`` fractions of ``size``; the training shuffle follows ``seed`` (epoch
-    ``e`` uses ``seed + e``, as every advtrain data module).
-
-    Args:
-        input_shape: ``(channels, height, width)``, e.g. ``(3, 32, 32)`` to stand in for CIFAR-10.
-        num_classes: Number of classes.
-        size: Total number of examples (train + val + test).
-        split: Fractions ``(train, val, test)``, summing to 1, train and test > 0.
-        noise: Per-pixel noise standard deviation around the class prototypes.
-        data_seed: Seed of the data itself (independent of the run's ``seed``).
-        batch_size: Training batch size.
-        eval_batch_size: Validation/test batch size (default ``4 × batch_size``).
-        seed: Seed of the training shuffle.
-        num_workers: DataLoader workers.
-    """
-
-    name = "synthetic"
-
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 8, 8),
-        num_classes: int = 10,
-        size: int = 1024,
-        split: Sequence[float] = (0.7, 0.1, 0.2),
-        noise: float = 0.3,
-        data_seed: int = 0,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-        )
-        self.input_shape = _check_shape(input_shape)
-        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-        self.size = check_positive_int(size, "size")
-        fractions = tuple(float(f) for f in split)
-        if (
-            len(fractions) != 3
-            or min(fractions) < 0
-            or abs(sum(fractions) - 1.0) > 1e-6
-            or fractions[0] <= 0
-            or fractions[2] <= 0
-        ):
-            raise ValueError(
-                f"split must be three fractions (train, val, test) >= 0 summing to 1, with "
-                f"train and test > 0; got {list(split)}"
-            )
-        self.split = fractions
-        n_train = round(fractions[0] * self.size)
-        n_val = round(fractions[1] * self.size)
-        if n_train < 1 or self.size - n_train - n_val < 1:
-            raise ValueError(
-                f"size={self.size} with split={list(fractions)} leaves an empty train or test "
-                "set; increase size"
-            )
-        self._sizes = (n_train, n_val, self.size - n_train - n_val)
-        self.noise = float(noise)
-        self.data_seed = int(data_seed)
-        if self.noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise!r}")
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        x, y = make_synthetic(
-            self.size, self.input_shape, self.num_classes, self.noise, self.data_seed
-        )
-        n_train, n_val, _ = self._sizes
-        self.train_set = TensorDataset(x[:n_train], y[:n_train])
-        self.val_set = TensorDataset(x[n_train : n_train + n_val], y[n_train : n_train + n_val])
-        self.test_set = TensorDataset(x[n_train + n_val :], y[n_train + n_val :])
+def __getattr__(name: str) -> Any:
+    # The Lightning data module, importable from here as before (imported on first use).
+    return lazy_attribute(__name__, name, {"SyntheticDataModule": "advtrain.data.datamodules"})
 
 
-__all__ = ["SyntheticDataModule", "make_synthetic"]
+__all__ = ["check_input_shape", "make_synthetic"]

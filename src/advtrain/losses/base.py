@@ -10,7 +10,7 @@ training loop has it (usually in train mode) and returns
   ``self.log_dict`` or a plain logger.
 
 Every loss leaves the user's ``x`` and ``y`` untouched and the model's modes as it found them
-(its attack restores the model's state itself, see :func:`advtrain.attacks.base.model_state_guard`).
+(its attack restores the model's state itself, see :func:`advtrain.modes.model_state_guard`).
 """
 
 from __future__ import annotations

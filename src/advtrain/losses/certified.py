@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.certify._spec import BOUND_NORMS, check_arguments
 from advtrain.certify.crown import compute_crown_ibp
 from advtrain.certify.ibp import compute_ibp, verified
+from advtrain.certify.spec import BOUND_NORMS, check_arguments
 from advtrain.losses.base import TrainingLoss, accuracy, check_beta
 from advtrain.threat import check_bounds, check_eps, check_norm
 

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks.base import check_positive_int
+from advtrain.generators import DeviceGenerators
 from advtrain.losses.base import TrainingLoss, accuracy
 from advtrain.threat import check_labels
+from advtrain.validation import check_positive_int
 
 
 class GaussianNoiseLoss(TrainingLoss):
@@ -44,8 +45,9 @@ class GaussianNoiseLoss(TrainingLoss):
     def __init__(self, sigma: float = 0.25, seed: int | None = None) -> None:
         super().__init__()
         self.sigma = sigma
-        self.seed = None if seed is None else check_positive_int(seed, "seed", minimum=0)
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._generators = DeviceGenerators(
+            None if seed is None else check_positive_int(seed, "seed", minimum=0)
+        )
 
     @property
     def sigma(self) -> float:
@@ -63,18 +65,18 @@ class GaussianNoiseLoss(TrainingLoss):
             raise ValueError(f"sigma must be a finite number >= 0 (e.g. 0.25), got {value}")
         self._sigma = value
 
+    @property
+    def seed(self) -> int | None:
+        """Seed of the noise generators (``None``: torch's global RNG)."""
+        return self._generators.seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._generators.seed = value
+
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The loss's generator on ``device`` (``None`` when unseeded: global RNG)."""
-        if self.seed is None:
-            return None
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
+        return self._generators.get(device)
 
     def compute(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if not x.is_floating_point():
@@ -97,18 +99,14 @@ class GaussianNoiseLoss(TrainingLoss):
         return {
             "sigma": self.sigma,
             "seed": self.seed,
-            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+            "generators": self._generators.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s output."""
         self.sigma = state.get("sigma", self.sigma)
         self.seed = state.get("seed", self.seed)
-        self._generators.clear()
-        for dev, gen_state in state.get("generators", {}).items():
-            gen = self.generator(torch.device(dev))
-            if gen is not None:
-                gen.set_state(gen_state)
+        self._generators.load_state_dict(state.get("generators", {}))
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma:.6g}, seed={self.seed}"

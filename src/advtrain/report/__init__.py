@@ -3,9 +3,14 @@
 from advtrain.report.compare import Comparison, compare_files, compare_reports, load_report
 from advtrain.report.html import render_html
 from advtrain.report.ledger import LedgerCheck, append_entry, verify_ledger
-from advtrain.report.schema import REPORT_SCHEMA, ReportSchemaError, check_report, validate_report
-from advtrain.report.writer import (
+from advtrain.report.schema import (
+    REPORT_SCHEMA,
     SCHEMA_VERSION,
+    ReportSchemaError,
+    check_report,
+    validate_report,
+)
+from advtrain.report.writer import (
     environment,
     markdown,
     result_rows,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from advtrain.report.writer import ENVIRONMENT_KEYS, _pct, normalization_text, result_rows
+from advtrain.report.writer import ENVIRONMENT_KEYS, normalization_text, pct, result_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;
@@ -83,7 +83,7 @@ def _results(report: Mapping[str, Any]) -> str:
     rows, classes = [], []
     with_counts = bool(report.get("counts"))
     for label, acc, count in result_rows(report):
-        row = [_e(label), _e(_pct(acc))] + ([_e(count)] if with_counts else [])
+        row = [_e(label), _e(pct(acc))] + ([_e(count)] if with_counts else [])
         rows.append(row)
         classes.append("worst" if label.startswith("worst case") else "")
     header = ["evaluation", "accuracy"] + (["correct"] if with_counts else [])
@@ -95,7 +95,7 @@ def _eps_grid(report: Mapping[str, Any]) -> str:
     if grid and grid.get("eps"):
         names = list(grid["accuracy"])
         rows = [
-            [f"{eps:.4g}"] + [_e(_pct(grid["accuracy"][n][i])) for n in names]
+            [f"{eps:.4g}"] + [_e(pct(grid["accuracy"][n][i])) for n in names]
             for i, eps in enumerate(grid["eps"])
         ]
         return "<h2>Robust accuracy against eps</h2>" + _table(
@@ -103,7 +103,7 @@ def _eps_grid(report: Mapping[str, Any]) -> str:
         )
     curve = report.get("eps_curve")
     if curve:
-        rows = [[f"{p['eps']:.4g}", _e(_pct(p["accuracy"]))] for p in curve]
+        rows = [[f"{p['eps']:.4g}", _e(pct(p["accuracy"]))] for p in curve]
         title = f"Robust accuracy against eps ({report.get('eps_curve_attack', '')})"
         return f"<h2>{_e(title)}</h2>" + _table(["eps", "accuracy"], rows)
     return ""
@@ -123,26 +123,26 @@ def _certified(report: Mapping[str, Any]) -> str:
                 rows.append([_e(name), "—", f"not supported: {_e(res.get('reason', ''))}"])
                 continue
             for eps, acc in zip(res["eps"], res["accuracy"], strict=True):
-                rows.append([_e(name), f"{eps:.4g}", _e(_pct(acc))])
+                rows.append([_e(name), f"{eps:.4g}", _e(pct(acc))])
         parts.append(_table(["method", "eps", "verified accuracy"], rows))
     if smoothing:
         parts.append(
             f"<p>Randomized smoothing (Cohen et al., ICML 2019), σ = {smoothing['sigma']:g}, "
             f"n0 = {smoothing['n0']}, n = {smoothing['n']}, alpha = {smoothing['alpha']:g}, "
             f"{smoothing['n_examples']} examples, abstain rate "
-            f"{_e(_pct(smoothing.get('abstain_rate')))}. It certifies the smoothed classifier g, "
+            f"{_e(pct(smoothing.get('abstain_rate')))}. It certifies the smoothed classifier g, "
             "not the model itself.</p>"
         )
         rows = [
-            [f"{r:.4g}", _e(_pct(a))]
+            [f"{r:.4g}", _e(pct(a))]
             for r, a in zip(smoothing["radii"], smoothing["accuracy"], strict=True)
         ]
         parts.append(_table(["L2 radius", "certified accuracy"], rows))
     gap = cert.get("gap") or {}
     if gap.get("gap") is not None:
         parts.append(
-            f"<p>Gap at eps={gap['eps']:.4g}: empirical worst case {_e(_pct(gap['empirical']))} − "
-            f"certified ({_e(gap['certificate'])}) {_e(_pct(gap['certified']))} = "
+            f"<p>Gap at eps={gap['eps']:.4g}: empirical worst case {_e(pct(gap['empirical']))} − "
+            f"certified ({_e(gap['certificate'])}) {_e(pct(gap['certified']))} = "
             f"<b>{100 * gap['gap']:.1f} percentage points</b>; the true robust accuracy lies in "
             "between.</p>"
         )
@@ -157,7 +157,7 @@ def _per_class(report: Mapping[str, Any]) -> str:
         return ""
     names = list(pc["accuracy"])
     rows = [
-        [_e(c), _e(pc["support"][i])] + [_e(_pct(pc["accuracy"][n][i])) for n in names]
+        [_e(c), _e(pc["support"][i])] + [_e(pct(pc["accuracy"][n][i])) for n in names]
         for i, c in enumerate(pc["classes"])
     ]
     return "<h2>Accuracy per class</h2>" + _table(

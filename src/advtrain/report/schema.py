@@ -1,7 +1,8 @@
 """The documented schema of ``report.json`` (``schema_version`` 1) and a validator for it.
 
-Both console scripts write ``report.json``: ``advtrain-train`` (the evaluation a training run ends
-with) and ``advtrain-eval`` (``"kind": "evaluation"``, with every optional section filled).
+Both console scripts write ``report.json`` with the same sections (:mod:`advtrain.evaluation`'s
+one pipeline): ``advtrain-train`` (``"kind": "train"``, the evaluation a training run ends with)
+and ``advtrain-eval`` (``"kind": "evaluation"``, with the resumable state's record).
 :data:`REPORT_SCHEMA` is a JSON Schema (draft 2020-12) document; :func:`validate_report` checks a
 report against it with a small built-in validator for the keywords the schema uses (``type``,
 ``properties``, ``required``, ``additionalProperties``, ``items``, ``enum``, ``minimum``,
@@ -30,7 +31,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from advtrain.report.writer import SCHEMA_VERSION
+#: The version of the report's schema (see the module docstring for when it changes).
+SCHEMA_VERSION = 1
 
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SHA256_OR_NULL = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
@@ -238,7 +240,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "description": "empirical worst case minus the best certificate at eps",
                     "properties": {
                         "eps": _NONNEG,
-                        "empirical": _ACC,
+                        "empirical": _ACC_OR_NULL,
                         "certified": _ACC_OR_NULL,
                         "certificate": {"type": ["string", "null"]},
                         "gap": {"type": ["number", "null"]},

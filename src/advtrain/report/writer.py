@@ -9,10 +9,11 @@ The JSON schema (``schema_version`` 1) holds at least:
 * ``timings_s`` (phase → seconds), ``environment`` (versions, device),
 * ``figures`` (name → file name in the report's folder).
 
-``advtrain-eval`` fills the optional sections too (``attacks``, ``counts``, ``eps_grid``,
-``per_class``, ``certified``, ``sanity``, ``settings``); :mod:`advtrain.report.schema` documents
-every key and validates a report. :func:`write_report` renders whatever sections a report has into
-``report.md`` and a self-contained ``report.html`` (:mod:`advtrain.report.html`).
+Both console scripts fill the other sections too (``attacks``, ``counts``, ``eps_grid``,
+``per_class``, ``certified``, ``sanity``, ``settings``: :mod:`advtrain.evaluation.report`);
+:mod:`advtrain.report.schema` documents every key, and :func:`write_report` validates a report
+against it before writing anything, then renders its sections into ``report.md`` and a
+self-contained ``report.html`` (:mod:`advtrain.report.html`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from advtrain.report.schema import SCHEMA_VERSION, check_report
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -130,7 +131,7 @@ def environment(lightning_package: str | None = None) -> dict[str, Any]:
     return info
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return (
         "n/a"
         if value is None or (isinstance(value, float) and math.isnan(value))
@@ -174,7 +175,7 @@ def summary_table(report: Mapping[str, Any], report_path: str | None = None) -> 
     for name, acc in report.get("certified", {}).get("summary", {}).items():
         rows.append((f"certified ({name})", acc, ""))
     width = max(len(n) for n, _, _ in rows) + 4
-    lines = [head] + [f"{n:<{width}} {_pct(a):>6}{m}" for n, a, m in rows]
+    lines = [head] + [f"{n:<{width}} {pct(a):>6}{m}" for n, a, m in rows]
     if report_path:
         lines.append(f"report  {report_path}")
     return "\n".join(lines)
@@ -236,7 +237,7 @@ def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
         out.append("| eps | " + " | ".join(escape_md(n.replace("_", " ")) for n in names) + " |")
         out.append("|---|" + "---|" * len(names))
         for i, eps in enumerate(grid["eps"]):
-            cells = " | ".join(_pct(grid["accuracy"][n][i]) for n in names)
+            cells = " | ".join(pct(grid["accuracy"][n][i]) for n in names)
             out.append(f"| {eps:.4g} | {cells} |")
         return out
     curve = report.get("eps_curve")
@@ -244,7 +245,7 @@ def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
         attack = escape_md(report.get("eps_curve_attack", ""))
         out = ["", f"## Robust accuracy against eps ({attack})", ""]
         out += ["| eps | accuracy |", "|---|---|"]
-        out += [f"| {p['eps']:.4g} | {_pct(p['accuracy'])} |" for p in curve]
+        out += [f"| {p['eps']:.4g} | {pct(p['accuracy'])} |" for p in curve]
         return out
     return []
 
@@ -264,21 +265,21 @@ def _markdown_certified(report: Mapping[str, Any]) -> list[str]:
                 out.append(f"| {escape_md(name)} | — | not supported: {reason} |")
                 continue
             for eps, acc in zip(res["eps"], res["accuracy"], strict=True):
-                out.append(f"| {escape_md(name)} | {eps:.4g} | {_pct(acc)} |")
+                out.append(f"| {escape_md(name)} | {eps:.4g} | {pct(acc)} |")
     if smoothing:
         out += [
             "",
             f"Randomized smoothing (Cohen et al. 2019) of the model, σ = {smoothing['sigma']:g}, "
             f"n0 = {smoothing['n0']}, n = {smoothing['n']}, alpha = {smoothing['alpha']:g}, "
             f"{smoothing['n_examples']} examples, abstain rate "
-            f"{_pct(smoothing.get('abstain_rate'))} (certifies the smoothed classifier g, not the "
+            f"{pct(smoothing.get('abstain_rate'))} (certifies the smoothed classifier g, not the "
             "model itself):",
             "",
             "| L2 radius | certified accuracy |",
             "|---|---|",
         ]
         out += [
-            f"| {r:.4g} | {_pct(a)} |"
+            f"| {r:.4g} | {pct(a)} |"
             for r, a in zip(smoothing["radii"], smoothing["accuracy"], strict=True)
         ]
     gap = cert.get("gap") or {}
@@ -286,8 +287,8 @@ def _markdown_certified(report: Mapping[str, Any]) -> list[str]:
         if gap.get("gap") is not None:
             out += [
                 "",
-                f"Gap at eps={gap['eps']:.4g}: empirical worst case {_pct(gap['empirical'])} − "
-                f"certified ({escape_md(gap['certificate'])}) {_pct(gap['certified'])} = "
+                f"Gap at eps={gap['eps']:.4g}: empirical worst case {pct(gap['empirical'])} − "
+                f"certified ({escape_md(gap['certificate'])}) {pct(gap['certified'])} = "
                 f"{100 * gap['gap']:.1f} percentage points (the true robust accuracy lies in "
                 "between).",
             ]
@@ -306,7 +307,7 @@ def _markdown_per_class(report: Mapping[str, Any]) -> list[str]:
     out.append(f"| class | n | {header} |")
     out.append("|---|---|" + "---|" * len(names))
     for i, cls in enumerate(pc["classes"]):
-        cells = " | ".join(_pct(pc["accuracy"][n][i]) for n in names)
+        cells = " | ".join(pct(pc["accuracy"][n][i]) for n in names)
         out.append(f"| {escape_md(cls)} | {pc['support'][i]} | {cells} |")
     return out
 
@@ -397,10 +398,10 @@ def markdown(report: Mapping[str, Any]) -> str:
     rows = result_rows(report)
     if report.get("counts"):
         out += ["| evaluation | accuracy | correct |", "|---|---|---|"]
-        out += [f"| {escape_md(n)} | {_pct(a)} | {c} |" for n, a, c in rows]
+        out += [f"| {escape_md(n)} | {pct(a)} | {c} |" for n, a, c in rows]
     else:
         out += ["| evaluation | accuracy |", "|---|---|"]
-        out += [f"| {escape_md(n)} | {_pct(a)} |" for n, a, _ in rows]
+        out += [f"| {escape_md(n)} | {pct(a)} |" for n, a, _ in rows]
     out += _markdown_eps_grid(report)
     out += _markdown_certified(report)
     out += _markdown_per_class(report)
@@ -451,14 +452,15 @@ def write_report(
     """
     from advtrain.report.figures import make_figures
 
+    report.setdefault("schema_version", SCHEMA_VERSION)
+    check_report(json_safe(report), "the report to write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report.setdefault("schema_version", SCHEMA_VERSION)
     figures = dict(report.get("figures", {}))
     figures.update(make_figures(report, out))
     report["figures"] = figures
     (out / "report.json").write_text(
-        json.dumps(_json_safe(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
+        json.dumps(json_safe(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
     )
     (out / "report.md").write_text(markdown(report))
     if html:
@@ -468,12 +470,12 @@ def write_report(
     return out / "report.json"
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and infinities become ``null`` (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

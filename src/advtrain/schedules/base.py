@@ -12,10 +12,11 @@ Breakpoints such as ``warmup`` and ``ramp`` are expressed in the schedule's unit
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
+
+from advtrain.validation import check_finite, check_nonnegative
 
 UNITS: tuple[str, ...] = ("fraction", "epoch", "step")
 
@@ -49,23 +50,6 @@ def _check_unit(unit: str) -> str:
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
     return unit
-
-
-def _check_finite(value: Any, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return out
-
-
-def _check_nonnegative(value: Any, name: str) -> float:
-    out = _check_finite(value, name)
-    if out < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return out
 
 
 class Schedule(ABC):
@@ -132,7 +116,7 @@ class Constant(Schedule):
 
     def __init__(self, value: float, unit: str = "fraction") -> None:
         super().__init__(unit)
-        self.constant = _check_finite(value, "value")
+        self.constant = check_finite(value, "value")
 
     def value_at(self, t: float) -> float:
         return self.constant
@@ -193,10 +177,10 @@ class Linear(Schedule):
         if unit is not None and (by_epoch or by_step) and unit not in ("epoch", "step"):
             raise ValueError(f"unit {unit!r} conflicts with the *_epochs/*_steps arguments")
         super().__init__(unit or "fraction")
-        self.start = _check_finite(start, "start")
-        self.end = _check_finite(end, "end")
-        self.ramp = _check_nonnegative(0.0 if ramp is None else ramp, "ramp")
-        self.warmup = _check_nonnegative(0.0 if warmup is None else warmup, "warmup")
+        self.start = check_finite(start, "start")
+        self.end = check_finite(end, "end")
+        self.ramp = check_nonnegative(0.0 if ramp is None else ramp, "ramp")
+        self.warmup = check_nonnegative(0.0 if warmup is None else warmup, "warmup")
         if self.unit == "fraction" and self.warmup + self.ramp > 1.0 + 1e-9:
             raise ValueError(
                 f"warmup + ramp = {self.warmup + self.ramp} exceeds the whole run (1.0) with "

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from advtrain.schedules.base import Schedule, _check_finite, _check_nonnegative
+from advtrain.schedules.base import Schedule
+from advtrain.validation import check_finite, check_nonnegative
 
 
 def _resolve_ramp_unit(
@@ -58,8 +59,8 @@ def _resolve_ramp_unit(
     if ramp is None:
         raise ValueError("give the length of the ramp: ramp=, ramp_epochs= or ramp_steps=")
     return (
-        _check_nonnegative(ramp, "ramp"),
-        _check_nonnegative(0.0 if warmup is None else warmup, "warmup"),
+        check_nonnegative(ramp, "ramp"),
+        check_nonnegative(0.0 if warmup is None else warmup, "warmup"),
         unit or "fraction",
     )
 
@@ -88,8 +89,8 @@ class _Ramp(Schedule):
             ramp, warmup, unit, ramp_epochs, warmup_epochs, ramp_steps, warmup_steps
         )
         super().__init__(unit)
-        self.start = _check_finite(start, "start")
-        self.end = _check_finite(end, "end")
+        self.start = check_finite(start, "start")
+        self.end = check_finite(end, "end")
         self.ramp = ramp
         self.warmup = warmup
         if self.unit == "fraction" and self.warmup + self.ramp > 1.0 + 1e-9:
@@ -177,10 +178,10 @@ class Smoothed(_Ramp):
             ramp_steps=ramp_steps,
             warmup_steps=warmup_steps,
         )
-        self.mid = _check_finite(mid, "mid")
+        self.mid = check_finite(mid, "mid")
         if not 0.0 <= self.mid <= 1.0:
             raise ValueError(f"mid must lie in [0, 1] (a fraction of the ramp), got {mid!r}")
-        self.beta = _check_finite(beta, "beta")
+        self.beta = check_finite(beta, "beta")
         if self.beta < 2.0:
             raise ValueError(f"beta (the exponent) must be >= 2, got {beta!r}")
 
@@ -231,7 +232,7 @@ class Cosine(_Ramp):
 def _float_list(values: Any, name: str) -> list[float]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
-    return [_check_finite(v, f"{name}[{i}]") for i, v in enumerate(values)]
+    return [check_finite(v, f"{name}[{i}]") for i, v in enumerate(values)]
 
 
 def _check_increasing(ts: list[float], name: str) -> None:

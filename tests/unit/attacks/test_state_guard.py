@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from advtrain.attacks.base import model_state_guard
+from advtrain.modes import model_state_guard
 
 
 def net() -> nn.Sequential:

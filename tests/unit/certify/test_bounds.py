@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advtrain.certify import crown_bounds, interval_bounds, margin_spec, verified
-from advtrain.certify._graph import build_graph
-from advtrain.certify._ops import AffineOp, RunContext
+from advtrain.certify.lowering import build_graph
+from advtrain.certify.ops import AffineOp, RunContext
 from advtrain.models import MLP, Normalize, PreActResNet18, SmallCNN
 
 TOL = 1e-5

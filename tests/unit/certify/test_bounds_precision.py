@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from advtrain.certify import crown_bounds, interval_bounds
-from advtrain.certify._spec import check_arguments
 from advtrain.certify.certificates import BoundCertificate
 from advtrain.certify.ibp import compute_ibp
+from advtrain.certify.spec import check_arguments
 from advtrain.losses import CROWNIBPLoss, IBPLoss
 from advtrain.models import SmallCNN
 

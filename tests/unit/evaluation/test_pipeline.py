@@ -1,0 +1,131 @@
+"""The evaluation pipeline (advtrain.evaluation) without Hydra or Lightning: plan, units, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advtrain.attacks import PGD, Square
+from advtrain.evaluation import EvaluationPlan, MemoryStore, UnitRunner, run_evaluation
+from advtrain.evaluation.plan import SmoothingPlan
+from advtrain.evaluation.report import report_sections
+from advtrain.evaluation.state import UnitStore
+from advtrain.threat import ThreatModel
+
+THREAT = ThreatModel("linf", 0.1, (0.0, 1.0))
+
+
+def _model_and_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.rand(40, 1, 3, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:6] = (y[:6] + 1) % 3  # a few examples wrong on clean data
+    return model, x, y
+
+
+def _plan(**kwargs: object) -> EvaluationPlan:
+    attacks = {
+        "pgd": PGD(eps=0.1, steps=5, seed=1),
+        "square": Square(eps=0.1, n_queries=30, seed=1),
+    }
+    settings = {
+        "threat": THREAT,
+        "attacks": attacks,
+        "grid_factors": [0.0, 0.5, 1.0],
+        "grid_attacks": ["pgd"],
+        "bound_methods": ["ibp"],
+        "batch_size": 16,
+    }
+    settings.update(kwargs)
+    return EvaluationPlan(**settings)  # type: ignore[arg-type]
+
+
+def test_counts_are_consistent_and_the_worst_case_is_the_intersection() -> None:
+    model, x, y = _model_and_data()
+    plan = _plan()
+    out = run_evaluation(model, x, y, plan)
+    sections = report_sections(out, plan)
+    counts, robust = sections["counts"], sections["robust_accuracy"]
+    assert counts["n"] == 40 and counts["clean"] == 34
+    assert counts["worst_case"] <= min(counts["pgd"], counts["square"]) <= counts["clean"]
+    assert robust["worst_case"] == counts["worst_case"] / 40
+    grid = sections["eps_grid"]
+    assert grid["eps"] == [0.0, 0.05, 0.1]
+    assert grid["accuracy"]["pgd"][0] == sections["clean_accuracy"], "eps 0 is the clean pass"
+    assert grid["accuracy"]["pgd"][2] == robust["pgd"], "factor 1 reuses the main result"
+    # the curve is the worst case of the grid attacks at every eps, the threat model's included
+    assert grid["accuracy"]["worst_case"] == grid["accuracy"]["pgd"]
+    ibp = sections["certified"]["bounds"]["ibp"]
+    assert ibp["supported"] and ibp["at_threat_eps"] <= robust["worst_case"]
+    assert sum(sections["per_class"]["support"]) == 40
+    codes = {f["code"] for f in sections["sanity"]["flags"]}
+    assert {"randomized_model", "black_box_beats_white_box", "eps_zero_not_clean"} <= codes
+
+
+def test_numbers_do_not_depend_on_the_batch_size_or_on_resuming(tmp_path: Path) -> None:
+    model, x, y = _model_and_data()
+    a = report_sections(run_evaluation(model, x, y, _plan(batch_size=16)), _plan())
+    b = report_sections(run_evaluation(model, x, y, _plan(batch_size=7)), _plan())
+    assert a["counts"] == b["counts"] and a["eps_grid"] == b["eps_grid"]
+    # a store on disk: the second run reads every unit back and gets the same numbers
+    plan = _plan()
+    first = UnitStore(tmp_path / "state", "fp", plan.settings())
+    c = report_sections(run_evaluation(model, x, y, plan, UnitRunner(first, plan.seed)), plan)
+    again = UnitStore(tmp_path / "state", "fp", plan.settings())
+    d = report_sections(run_evaluation(model, x, y, plan, UnitRunner(again, plan.seed)), plan)
+    assert again.computed == 0 and again.reused == first.computed
+    assert c["counts"] == d["counts"] == a["counts"]
+
+
+def test_the_model_is_left_as_found() -> None:
+    model, x, y = _model_and_data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    run_evaluation(model, x, y, _plan())
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_smoothing_only_reports_no_worst_case() -> None:
+    model, x, y = _model_and_data()
+    plan = EvaluationPlan(
+        threat=ThreatModel("l2", 0.25, (0.0, 1.0)),
+        attacks={},
+        smoothing=SmoothingPlan(sigma=0.25, n0=8, n=64, alpha=0.1, batch_size=64, n_examples=8),
+    )
+    sections = report_sections(run_evaluation(model, x, y, plan), plan)
+    assert "worst_case" not in sections["robust_accuracy"]
+    smoothing = sections["certified"]["smoothing"]
+    assert smoothing["n_examples"] == 8
+    assert smoothing["counts"][0] == round(smoothing["accuracy"][0] * 8)
+    assert sections["certified"]["gap"]["empirical"] is None
+
+
+def test_a_memory_store_counts_units() -> None:
+    model, x, y = _model_and_data()
+    store = MemoryStore()
+    run_evaluation(model, x, y, _plan(), UnitRunner(store, 0))
+    # clean, pgd and square at eps, pgd at two other grid eps, ibp at eps: 6 phases x 3 batches
+    assert store.computed == 18
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"grid_factors": [-1.0]}, "eps_grid.factors"),
+        ({"grid_attacks": ["apgd"]}, "unknown attacks"),
+        ({"bound_methods": ["deeppoly"]}, "certify.bounds.methods"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"attacks": {"pgd": PGD(eps=0.3)}}, "threat.eps"),
+        ({"attacks": {"pgd": PGD(eps=0.1, norm="l2")}}, "threat.norm"),
+        ({"attacks": {"pgd": "not an attack"}}, "callable"),
+    ],
+)
+def test_bad_plans_name_what_to_change(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        _plan(**kwargs)
