@@ -74,4 +74,25 @@ class DeviceGenerators:
                 gen.set_state(state)
 
 
-__all__ = ["DeviceGenerators"]
+class SeededRandomness:
+    """Mixin of the objects that draw random numbers from their own seeded generators (attacks,
+    :class:`~advtrain.certify.Smooth`, :class:`~advtrain.losses.GaussianNoiseLoss`): a ``seed``
+    attribute and one generator per device, kept in ``self._generators``."""
+
+    _generators: DeviceGenerators
+
+    @property
+    def seed(self) -> int | None:
+        """Seed of the generators (``None``: torch's global RNG)."""
+        return self._generators.seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._generators.seed = value
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator on ``device`` (``None`` when unseeded: torch's global RNG)."""
+        return self._generators.get(device)
+
+
+__all__ = ["DeviceGenerators", "SeededRandomness"]

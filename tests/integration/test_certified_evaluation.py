@@ -44,7 +44,7 @@ def test_takes_the_threat_model_from_certified_training_and_is_below_clean() -> 
     evaluation = CertifiedEvaluation(method="crown_ibp", n_examples=64)
     trainer = _trainer([AdversarialTraining(loss=loss), evaluation])
     trainer.fit(module, DigitsDataModule(seed=0))
-    assert evaluation.certificate is not None and evaluation.certificate.eps == pytest.approx(0.1)
+    assert evaluation.threat is not None and evaluation.threat.eps == pytest.approx(0.1)
     value = float(trainer.callback_metrics["val/verified_acc"])
     assert 0.0 <= value <= float(trainer.callback_metrics["val/acc"]) + 1e-6
 

@@ -227,6 +227,10 @@ class APGD(Attack):
             misclassified point if one was found, else the highest-loss point), whether it is
             misclassified, its loss, and the highest-loss point with its loss.
         """
+        # Longer than 80 lines on purpose: Algorithm 1 of Croce & Hein (2020) as one loop whose
+        # dozen per-example state tensors (step sizes, momentum, best points, checkpoint counters)
+        # live in local variables and closures; split into functions they would be passed around
+        # on every iteration of the attack's hottest path (BENCHMARKS.md, "Attacks").
         threat = ThreatModel(norm=self.norm, eps=eps, bounds=self.bounds)
         l1 = threat.norm == "l1"
         linf = threat.norm == "linf"

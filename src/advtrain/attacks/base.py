@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.generators import DeviceGenerators
+from advtrain.generators import DeviceGenerators, SeededRandomness
 from advtrain.modes import BN_MODES, BNMode, check_bn_mode, model_state_guard
 from advtrain.randomness import Draws
 from advtrain.threat import ThreatModel, check_labels
@@ -46,7 +46,7 @@ def _dtype_error(err: RuntimeError, model: nn.Module, x: Tensor) -> Exception:
     )
 
 
-class Attack(ABC):
+class Attack(SeededRandomness, ABC):
     """Base class of every attack: ``attack(model, x, y) -> x_adv``.
 
     Subclasses implement :meth:`perturb`; :meth:`__call__` validates inputs, guards the model's
@@ -109,19 +109,6 @@ class Attack(ABC):
         return self.threat.bounds
 
     # -- randomness -----------------------------------------------------------------------------
-    @property
-    def seed(self) -> int | None:
-        """Seed of the attack's generators (``None``: torch's global RNG)."""
-        return self._generators.seed
-
-    @seed.setter
-    def seed(self, value: int | None) -> None:
-        self._generators.seed = value
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        """The attack's generator on ``device`` (``None`` when unseeded: global RNG)."""
-        return self._generators.get(device)
-
     def draws(self, device: torch.device) -> Draws:
         """The current call's random numbers: per example when the call was given ``ids``,
         else the attack's generator (see :mod:`advtrain.randomness`)."""

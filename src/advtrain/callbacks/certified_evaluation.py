@@ -15,13 +15,18 @@ from torch import Tensor, nn
 from advtrain.callbacks.batch import Key
 from advtrain.callbacks.inputs import NormalizationArg
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
-from advtrain.certify.certificates import BOUND_METHODS, BoundCertificate
+from advtrain.evaluation.plan import BOUND_METHODS
+from advtrain.evaluation.units import bounds_unit
 from advtrain.lit.adapter import MisconfigurationException
 from advtrain.modes import model_state_guard
 from advtrain.normalization import AUTO
+from advtrain.threat import ThreatModel
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
+
+#: Examples bounded per pass.
+BOUND_CHUNK = 256
 
 
 class CertifiedEvaluation(SubsetEvaluation):
@@ -72,10 +77,11 @@ class CertifiedEvaluation(SubsetEvaluation):
         self.eps = eps
         self.norm = norm
         self.bounds = bounds
-        self.certificate: BoundCertificate | None = None
+        self.threat: ThreatModel | None = None
 
-    def _build(self, trainer: Trainer) -> BoundCertificate:
-        if self.certificate is None:
+    def _build(self, trainer: Trainer) -> ThreatModel:
+        """The threat model certified at: the arguments, else the training callback's."""
+        if self.threat is None:
             threat = training_threat(trainer)
             eps = self.eps if self.eps is not None else (threat.eps if threat else None)
             if eps is None:
@@ -85,15 +91,15 @@ class CertifiedEvaluation(SubsetEvaluation):
                 )
             norm = self.norm or (threat.norm if threat else "linf")
             bounds = self.bounds or (threat.bounds if threat else (0.0, 1.0))
-            self.certificate = BoundCertificate(
-                method=self.method, eps=float(eps), norm=norm, bounds=tuple(bounds)
-            )
-        return self.certificate
+            self.threat = ThreatModel(norm=norm, eps=float(eps), bounds=tuple(bounds))
+        return self.threat
 
     def start(self, trainer: Trainer) -> None:
         self._build(trainer)
 
     def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Every margin lower bound positive at ``eps`` (the model bounded in eval mode)."""
-        with model_state_guard(model, "eval"):
-            return self._build(trainer).verified(model, x, y).to(x.device)
+        threat = self._build(trainer)
+        with model_state_guard(model, "eval"):  # the evaluation pipeline's unit of bound work
+            unit = bounds_unit(model, self.method, threat.eps, x, y, threat, BOUND_CHUNK)
+        return unit["verified"].to(x.device)

@@ -39,7 +39,7 @@ from advtrain.certify.sequential import (
     pa_lower_bound,
     radius_from_lower_bound,
 )
-from advtrain.generators import DeviceGenerators
+from advtrain.generators import DeviceGenerators, SeededRandomness
 from advtrain.modes import model_state_guard
 from advtrain.validation import check_positive_int
 
@@ -107,7 +107,7 @@ def _check_radius(radius: Any) -> float:
     return radius
 
 
-class Smooth:
+class Smooth(SeededRandomness):
     """The smoothed classifier ``g`` of a base classifier ``f`` (Cohen et al., ICML 2019).
 
     The base model is only ever run forward, under :func:`torch.inference_mode`, on noise drawn in
@@ -154,15 +154,6 @@ class Smooth:
         self.force_eval = bool(force_eval)
 
     # -- plumbing -------------------------------------------------------------------------------
-    @property
-    def seed(self) -> int | None:
-        """Seed of the noise generators (``None``: torch's global RNG)."""
-        return self._generators.seed
-
-    @seed.setter
-    def seed(self, value: int | None) -> None:
-        self._generators.seed = value
-
     def reseed(self, seed: int | None) -> None:
         """Restarts the noise stream from ``seed`` (``None``: torch's global RNG)."""
         self._generators.reseed(

@@ -63,12 +63,18 @@ def lightning_target(path: str, *, _root_: Any = None) -> str:
     return f"{lightning_package(_root_)}.{path}"
 
 
+def _number(value: Any) -> float:
+    """A number or a fraction string (``"8/255"``) as a float."""
+    return float(parse_fraction(value))
+
+
 def register_resolvers() -> None:
-    """Registers ``${div:a,b}``, ``${mul:a,b}``, ``${lightning:path}`` and the SLURM launcher's
-    resolvers (idempotent)."""
+    """Registers ``${mul:a,b}`` (``a`` and ``b`` numbers or fractions such as ``8/255``),
+    ``${div:a,b}`` (kept for configs written with it: fractions are plain ``8/255`` strings),
+    ``${lightning:path}`` and the SLURM launcher's resolvers (idempotent)."""
     resolvers = {
-        "div": lambda a, b: float(a) / float(b),
-        "mul": lambda a, b: float(a) * float(b),
+        "div": lambda a, b: _number(a) / _number(b),
+        "mul": lambda a, b: _number(a) * _number(b),
         "gpus_per_node": gpus_per_node,
         "tasks_per_node": tasks_per_node,
         "lightning": lightning_target,
@@ -133,6 +139,7 @@ def compose(
             if message is None:
                 raise
             raise ConfigError(message) from err
+    coerce_fractions(cfg)  # "8/255" -> 0.0313...: one mechanism for fractions, from the start
     return cfg
 
 

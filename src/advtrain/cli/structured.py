@@ -186,7 +186,7 @@ class FastATMethod:
     # FGSM trains at eps_train_factor·threat.eps.
     eps_train_factor: float = 1.0
     # The fraction of the recipe's ``trainer.max_epochs`` this method trains (rounded up).
-    max_epochs_factor: float = 1.0
+    max_epochs_factor: Any = 1.0  # a number or a fraction such as 2/3
     callback: Any = None
     # The optimizer settings the method was tuned with (lr, lr_schedule, milestones); train.yaml's
     # module reads them unless a recipe or the command line sets module.*.

@@ -376,21 +376,29 @@ def evaluate_attacks(
 
     if not labels:
         raise ValueError("no examples to evaluate: the loader is empty")
+    return _result(labels, clean, robust, aa_details, seconds)
+
+
+def _result(
+    labels: list[Tensor],
+    clean: list[Tensor],
+    robust: dict[str, list[Tensor]],
+    aa_details: dict[str, list[AutoAttackResult]],
+    seconds: dict[str, float],
+) -> EvaluationResult:
+    """The per-batch masks joined into one :class:`EvaluationResult`."""
     clean_all = torch.cat(clean)
     robust_all = {name: torch.cat(masks) for name, masks in robust.items()}
     worst = clean_all.clone()
     for mask in robust_all.values():
         worst &= mask
-    details: dict[str, Any] = {}
-    for name, parts in aa_details.items():
-        details[name] = AutoAttackResult.concat(parts)
     return EvaluationResult(
         labels=torch.cat(labels),
         clean_correct=clean_all,
         robust_correct=robust_all,
         worst_case=worst,
         seconds=seconds,
-        details=details,
+        details={name: AutoAttackResult.concat(parts) for name, parts in aa_details.items()},
     )
 
 

@@ -208,6 +208,31 @@ def check_probability_outputs(logits: Tensor, tol: float = 1e-4) -> SanityFlag:
     return SanityFlag(PROBABILITY_OUTPUTS, False, "The model returns logits.", "", details)
 
 
+def _input_gradients(
+    model: nn.Module, x: Tensor, y: Tensor, bn_mode: str
+) -> tuple[Tensor | None, Tensor | None]:
+    """Input gradients of the logit margin and of the cross-entropy (``None`` where the graph
+    is cut, e.g. ``detach()`` or numpy inside the model)."""
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        model_state_guard(model, bn_mode),
+    ):
+        x_in = x.detach().clone().requires_grad_(True)
+        logits = model(x_in)
+        if not logits.requires_grad:
+            return None, None
+        margin = cw_margin(logits, y)
+        # Under float16 the cross-entropy gradient of a confident example underflows on its way
+        # into the network; per-example loss scaling (as in the attacks) keeps the reading what
+        # float32 would give, so saturation is not confused with float16 underflow.
+        ce_logits, unscale = loss_scaled_logits(logits, per_example=bn_mode == "eval")
+        ce = F.cross_entropy(ce_logits.float(), y, reduction="none")
+        (g_margin,) = torch.autograd.grad(margin.sum(), x_in, retain_graph=True, allow_unused=True)
+        (g_ce,) = torch.autograd.grad(ce.sum(), x_in, allow_unused=True)
+        return g_margin, None if g_ce is None else unscale(g_ce)
+
+
 def check_gradients(
     model: nn.Module,
     x: Tensor,
@@ -232,27 +257,7 @@ def check_gradients(
         max_fraction: The flag fires when more than this fraction of examples has a zero
             gradient (default: any example, as in AutoAttack).
     """
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        model_state_guard(model, bn_mode),
-    ):
-        x_in = x.detach().clone().requires_grad_(True)
-        logits = model(x_in)
-        margin = cw_margin(logits, y)
-        # Under float16 the cross-entropy gradient of a confident example underflows on its way
-        # into the network; per-example loss scaling (as in the attacks) keeps the reading what
-        # float32 would give, so saturation is not confused with float16 underflow.
-        ce_logits, unscale = loss_scaled_logits(logits, per_example=bn_mode == "eval")
-        ce = F.cross_entropy(ce_logits.float(), y, reduction="none")
-        if logits.requires_grad:
-            (g_margin,) = torch.autograd.grad(
-                margin.sum(), x_in, retain_graph=True, allow_unused=True
-            )
-            (g_ce,) = torch.autograd.grad(ce.sum(), x_in, allow_unused=True)
-            g_ce = None if g_ce is None else unscale(g_ce)
-        else:  # the graph is cut (e.g. detach() or numpy inside the model)
-            g_margin = g_ce = None
+    g_margin, g_ce = _input_gradients(model, x, y, bn_mode)
     n = x.shape[0]
     norm_margin = (
         torch.zeros(n) if g_margin is None else g_margin.detach().flatten(1).abs().sum(dim=1)

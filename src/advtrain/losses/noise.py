@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.generators import DeviceGenerators
+from advtrain.generators import DeviceGenerators, SeededRandomness
 from advtrain.losses.base import TrainingLoss, accuracy
 from advtrain.threat import check_labels
 from advtrain.validation import check_positive_int
 
 
-class GaussianNoiseLoss(TrainingLoss):
+class GaussianNoiseLoss(SeededRandomness, TrainingLoss):
     """``CE(f(x + δ), y)`` with ``δ ~ N(0, σ²I)`` drawn afresh for every call.
 
     Trains the base classifier of :class:`advtrain.certify.Smooth` (Cohen et al., ICML 2019). The
@@ -64,19 +64,6 @@ class GaussianNoiseLoss(TrainingLoss):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"sigma must be a finite number >= 0 (e.g. 0.25), got {value}")
         self._sigma = value
-
-    @property
-    def seed(self) -> int | None:
-        """Seed of the noise generators (``None``: torch's global RNG)."""
-        return self._generators.seed
-
-    @seed.setter
-    def seed(self, value: int | None) -> None:
-        self._generators.seed = value
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        """The loss's generator on ``device`` (``None`` when unseeded: global RNG)."""
-        return self._generators.get(device)
 
     def compute(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if not x.is_floating_point():

@@ -276,6 +276,28 @@ def _check_signature(
     result.signed += 1
 
 
+def _check_links(
+    entry: Mapping[str, Any], actual: str, prev: str | None, label: str, result: LedgerCheck
+) -> None:
+    """The entry's own hash, its link to the previous entry, and its index."""
+    recorded = entry.get("sha256")
+    if recorded != actual:
+        result.problems.append(
+            f"{label}: content altered: its sha256 {str(recorded)[:16]}… does not match its "
+            f"content ({actual[:16]}…)"
+        )
+    if prev is not None and entry.get("prev_sha256") != prev:
+        result.problems.append(
+            f"{label}: chain broken: prev_sha256 does not match the previous entry's hash "
+            "(an entry before it was altered, removed, inserted or reordered)"
+        )
+    if entry.get("index") != result.entries - 1:
+        result.problems.append(
+            f"{label}: index {entry.get('index')!r} where {result.entries - 1} was expected "
+            "(entries removed or reordered)"
+        )
+
+
 def verify_ledger(
     ledger: str | os.PathLike[str],
     check_files: bool = True,
@@ -323,21 +345,7 @@ def verify_ledger(
         result.entries += 1
         label = f"entry {entry.get('index', '?')} (line {lineno})"
         recorded = entry.get("sha256")
-        if recorded != actual:
-            result.problems.append(
-                f"{label}: content altered: its sha256 {str(recorded)[:16]}… does not match its "
-                f"content ({actual[:16]}…)"
-            )
-        if prev is not None and entry.get("prev_sha256") != prev:
-            result.problems.append(
-                f"{label}: chain broken: prev_sha256 does not match the previous entry's hash "
-                "(an entry before it was altered, removed, inserted or reordered)"
-            )
-        if entry.get("index") != result.entries - 1:
-            result.problems.append(
-                f"{label}: index {entry.get('index')!r} where {result.entries - 1} was expected "
-                "(entries removed or reordered)"
-            )
+        _check_links(entry, actual, prev, label, result)
         prev = recorded if isinstance(recorded, str) else actual
         hashes.append(prev)
         result.head = prev

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from advtrain.certify import crown_bounds, interval_bounds
-from advtrain.certify.certificates import BoundCertificate
 from advtrain.certify.ibp import compute_ibp
 from advtrain.certify.spec import check_arguments
+from advtrain.evaluation.units import bounds_unit
 from advtrain.losses import CROWNIBPLoss, IBPLoss
 from advtrain.models import SmallCNN
+from advtrain.threat import ThreatModel
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -56,10 +57,12 @@ def test_bounds_under_autocast_equal_float32(dtype: torch.dtype, method: str) ->
         lower, upper = bounds()  # ... and the bounds ignore it
     assert lower.dtype == upper.dtype == torch.float32
     assert torch.equal(lower, lower32) and torch.equal(upper, upper32)
-    cert = BoundCertificate(method=method, eps=0.05)
-    expected = cert.verified(model, x, y)
+    threat = ThreatModel("linf", 0.05, (0.0, 1.0))
+    expected = bounds_unit(model, method, 0.05, x, y, threat, 256)["verified"]
     with torch.autocast("cpu", dtype=dtype):
-        assert torch.equal(cert.verified(model, x, y), expected)
+        assert torch.equal(
+            bounds_unit(model, method, 0.05, x, y, threat, 256)["verified"], expected
+        )
 
 
 @pytest.mark.parametrize("loss_cls", [IBPLoss, CROWNIBPLoss])
