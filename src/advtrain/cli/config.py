@@ -99,8 +99,8 @@ def parse_fraction(value: Any) -> Any:
 
 def coerce_fractions(cfg: DictConfig | ListConfig) -> None:
     """Turns string fractions such as ``threat.eps=8/255`` into floats, in place."""
-    items = cfg.items() if isinstance(cfg, DictConfig) else enumerate(cfg)
-    for key, _ in list(items):
+    keys = list(cfg.keys()) if isinstance(cfg, DictConfig) else range(len(cfg))
+    for key in keys:  # keys only: reading values would resolve interpolations here
         node = cfg._get_node(key)  # type: ignore[union-attr]
         if node is None or (hasattr(node, "_is_interpolation") and node._is_interpolation()):
             continue
