@@ -24,10 +24,22 @@ from torch import Tensor, nn
 
 from advtrain.attacks.apgd import APGD
 from advtrain.attacks.base import Attack
+from advtrain.attacks.ensemble_run import EnsembleRun, subsample
 from advtrain.modes import BNMode, model_state_guard
 from advtrain.validation import check_positive_int
 
-VERSIONS: tuple[str, ...] = ("standard", "plus", "fast", "custom")
+VERSIONS: tuple[str, ...] = ("standard", "plus", "fast", "rapid", "custom")
+#: The rapid protocol's members, its gradient-masking check and the standard members it escalates
+#: to (Linf and L2).
+RAPID_NAMES: tuple[str, ...] = (
+    "apgd-ce",
+    "apgd-t-malt",
+    "square-check",
+    "apgd-t",
+    "fab-t",
+    "square",
+)
+
 ATTACK_NAMES: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
@@ -42,6 +54,9 @@ class AutoAttackResult:
             attack and every earlier one (cumulative, as in the reference's log).
         robust: Boolean ``(n,)``: no attack fooled the example (the worst case).
         seconds: Wall-clock time spent in each attack.
+        protocol: The version that ran (``"rapid"``, ``"standard"``, ...).
+        escalated: ``"rapid"`` only: its Square check fooled an example the white-box members
+            missed, so the standard members ran too.
     """
 
     attacks: tuple[str, ...]
@@ -49,6 +64,8 @@ class AutoAttackResult:
     robust_after: dict[str, Tensor]
     robust: Tensor
     seconds: dict[str, float] = field(default_factory=dict)
+    protocol: str = ""
+    escalated: bool = False
 
     @property
     def n(self) -> int:
@@ -103,6 +120,8 @@ class AutoAttackResult:
             robust_after={a: torch.cat([r.robust_after[a] for r in results]) for a in attacks},
             robust=torch.cat([r.robust for r in results]),
             seconds={a: sum(r.seconds.get(a, 0.0) for r in results) for a in attacks},
+            protocol=results[0].protocol,
+            escalated=any(r.escalated for r in results),
         )
 
 
@@ -122,6 +141,12 @@ class AutoAttack(Attack):
       (``n_queries`` queries, 5 restarts), APGD-T (9 targets), FAB-T (9 targets).
     * ``"fast"``: APGD-CE and APGD-T with 3 targets (cheap enough for training-time validation;
       it is not the published evaluation).
+    * ``"rapid"``: the standard version's verdict at a fraction of its time: APGD-CE, then APGD-T
+      on 3 targets ranked by MALT (the nearest linearised boundary, Melamed et al. 2024) instead
+      of 9 by logit, then a gradient-masking check: Square (``n_queries``) on a tenth of the
+      still-robust examples. If Square fools any of them, the white-box attacks are not to be
+      trusted here and the protocol escalates: the standard members (APGD-T on 9 targets, FAB-T,
+      Square) run on every still-robust example. :attr:`AutoAttackResult.escalated` says so.
     * ``"custom"``: the attacks given in ``attacks``.
 
     L1 (as in the reference): ``"standard"`` is l1-APGD-CE (5 restarts) and l1-APGD-T (5 targets),
@@ -183,11 +208,18 @@ class AutoAttack(Attack):
                     "fixes its own attacks (pass version='custom' to choose them)"
                 )
             self.attacks = self._preset(self.version)
+        self.check: Attack | None = None
+        self.escalation: list[Attack] = []
+        if self.version == "rapid" and self.norm != "l1":
+            self.check = self._make("square")
+            self.escalation = [self._make("apgd-t"), self._make("fab-t"), self._make("square")]
         names = [a.name for a in self.attacks]
         self.attack_names = tuple(
             n if names.count(n) == 1 else f"{n}#{names[: i + 1].count(n)}"
             for i, n in enumerate(names)
         )
+        if self.check is not None:
+            self.attack_names = RAPID_NAMES
         self.last_result: AutoAttackResult | None = None
 
     # -- configuration --------------------------------------------------------------------------
@@ -242,6 +274,9 @@ class AutoAttack(Attack):
         return self._make(spec.lower())
 
     def _preset(self, version: str) -> list[Attack]:
+        if version == "rapid":
+            malt = self._make("apgd-t", n_target_classes=3, target_ranking="malt")
+            return [self._make("apgd-ce"), malt]
         if self.norm == "l1":
             if version == "fast":
                 return [self._make("apgd-ce", restarts=1), self._make("apgd-t", n_target_classes=3)]
@@ -275,29 +310,47 @@ class AutoAttack(Attack):
     @eps.setter
     def eps(self, value: float) -> None:
         Attack.eps.fset(self, value)  # type: ignore[attr-defined]
-        for attack in getattr(self, "attacks", []):
+        for _, attack in self.members():
             attack.eps = value
+
+    def members(self) -> list[tuple[str, Attack]]:
+        """Every attack with its report name, in order (``"rapid"``: the check and the
+        escalation members too)."""
+        attacks = list(getattr(self, "attacks", []))
+        if getattr(self, "check", None) is not None:
+            attacks += [self.check, *self.escalation]
+        return list(zip(getattr(self, "attack_names", ()), attacks, strict=False))
 
     def reseed(self, seed: int | None) -> None:
         """Restarts the random streams of the ensemble and of every attack from ``seed``."""
         super().reseed(seed)
-        for attack in self.attacks:
+        for _, attack in self.members():
             attack.reseed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         """The ensemble's state and every attack's (seeds and generator states)."""
         state = super().state_dict()
-        state["attacks"] = {
-            n: a.state_dict() for n, a in zip(self.attack_names, self.attacks, strict=True)
-        }
+        state["attacks"] = {n: a.state_dict() for n, a in self.members()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s output."""
         super().load_state_dict(state)
-        for name, attack in zip(self.attack_names, self.attacks, strict=True):
+        for name, attack in self.members():
             if name in state.get("attacks", {}):
                 attack.load_state_dict(state["attacks"][name])
+
+    def escalated(self) -> AutoAttack:
+        """The standard version with this one's settings (what ``"rapid"`` escalates to)."""
+        return AutoAttack(
+            eps=self.eps,
+            norm=self.norm,
+            version="standard",
+            bounds=self.bounds,
+            seed=self.seed,
+            n_queries=self.n_queries,
+            bn_mode=self.bn_mode,
+        )
 
     def extra_repr(self) -> str:
         return f"version={self.version!r}, attacks={list(self.attack_names)}"
@@ -344,7 +397,7 @@ class AutoAttack(Attack):
         return x.detach().clone()
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        if x.dim() != 4 and any(a.name == "square" for a in self.attacks):
+        if x.dim() != 4 and any(a.name == "square" for _, a in self.members()):
             raise ValueError(
                 f"Square needs image batches (batch, channels, height, width), got shape "
                 f"{tuple(x.shape)}; reshape the inputs or use version='fast' or 'custom'"
@@ -352,49 +405,62 @@ class AutoAttack(Attack):
         with torch.no_grad():
             logits = model(x)
         self.check_logits(logits, y)
-        num_classes = logits.shape[1]
-        correct = logits.argmax(1) == y
-        robust = correct.clone()
-        x_adv = x.clone()
-        robust_after: dict[str, Tensor] = {}
-        seconds: dict[str, float] = {}
-        start = time.perf_counter()
-        first = True
-        for name, attack in zip(self.attack_names, self.attacks, strict=True):
-            t0 = time.perf_counter()
-            todo = robust.nonzero().squeeze(1)
-            runner = self._fit_targets(attack, num_classes)
-            if todo.numel() > 0 and runner is not None:
-                call = self._call_draws  # per-example draws follow the examples into members
-                ids = None if call is None or call.ids is None else call.ids[todo]
-                with runner.example_ids(ids, x.device):
-                    cand = runner.perturb(model, x[todo], y[todo])
-                with torch.no_grad():
-                    fooled = model(cand).argmax(1) != y[todo]
-                if first:
-                    x_adv[todo] = cand
+        run = EnsembleRun(model, x, y, logits.argmax(1) == y, logits.shape[1], self.verbose)
+        members = self.members()
+        main = members[: len(self.attacks)]
+        for name, attack in main:
+            self._member(run, name, attack)
+        escalated = False
+        if self.check is not None:  # "rapid": Square on a subsample, escalate if it finds more
+            sub = subsample(run.robust.nonzero().squeeze(1))
+            before = int(run.robust.sum())
+            self._member(run, RAPID_NAMES[2], self.check, only=sub)
+            escalated = int(run.robust.sum()) < before
+            for name, attack in members[len(self.attacks) + 1 :]:
+                if escalated:
+                    self._member(run, name, attack)
                 else:
-                    x_adv[todo[fooled]] = cand[fooled]
-                robust[todo[fooled]] = False
-                first = False
-            robust_after[name] = robust.to("cpu", copy=True)
-            seconds[name] = time.perf_counter() - t0
-            if self.verbose:
-                print(
-                    f"[autoattack] after {name}: robust accuracy "
-                    f"{robust.float().mean().item():.2%} "
-                    f"({seconds[name]:.1f} s, total {time.perf_counter() - start:.1f} s)"
-                )
+                    run.skip(name)
         self.last_result = AutoAttackResult(
             attacks=self.attack_names,
-            clean_correct=correct.to("cpu", copy=True),
-            robust_after=robust_after,
-            robust=robust.to("cpu", copy=True),
-            seconds=seconds,
+            clean_correct=run.correct.to("cpu", copy=True),
+            robust_after=run.robust_after,
+            robust=run.robust.to("cpu", copy=True),
+            seconds=run.seconds,
+            protocol=self.version,
+            escalated=escalated,
         )
         # Every attack returns points inside the ball and box; projecting again could move a
         # boundary point back across the decision boundary.
-        return x_adv
+        return run.x_adv
+
+    def _member(
+        self, run: EnsembleRun, name: str, attack: Attack, only: Tensor | None = None
+    ) -> None:
+        """Runs one member on the still-robust examples (or those of ``only``)."""
+        t0 = time.perf_counter()
+        todo = run.robust.nonzero().squeeze(1) if only is None else only
+        runner = self._fit_targets(attack, run.num_classes)
+        if todo.numel() > 0 and runner is not None:
+            call = self._call_draws  # per-example draws follow the examples into members
+            ids = None if call is None or call.ids is None else call.ids[todo]
+            with runner.example_ids(ids, run.x.device):
+                cand = runner.perturb(run.model, run.x[todo], run.y[todo])
+            with torch.no_grad():
+                fooled = run.model(cand).argmax(1) != run.y[todo]
+            if run.first:
+                run.x_adv[todo] = cand
+            else:
+                run.x_adv[todo[fooled]] = cand[fooled]
+            run.robust[todo[fooled]] = False
+            run.first = False
+        run.done(name, time.perf_counter() - t0)
 
 
-__all__ = ["ATTACK_NAMES", "VERSIONS", "AutoAttack", "AutoAttackResult"]
+__all__ = [
+    "ATTACK_NAMES",
+    "RAPID_NAMES",
+    "VERSIONS",
+    "AutoAttack",
+    "AutoAttackResult",
+]

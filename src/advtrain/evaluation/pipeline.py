@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.evaluation.flags import WHITE_BOX_UNTRUSTED
 from advtrain.evaluation.plan import EvaluationPlan, eps_key
 from advtrain.evaluation.units import (
     MemoryStore,
@@ -52,6 +53,7 @@ class Outcome:
         robust: eps → attack name → correct clean and after the attack.
         members: Ensemble attack → member → correct after the members up to it (cumulative).
         attack_seconds: Compute time of each attack at the threat model's eps.
+        protocols: ``"rapid"`` AutoAttacks: whether and why they escalated to the standard one.
         bounds: Bound method → its report entry (accuracy per eps, or why it is not supported).
         smoothing: Randomized smoothing: predictions, radii and how many examples.
         flags: Sanity flags (dictionaries of :class:`~advtrain.evaluation.sanity.SanityFlag`).
@@ -66,6 +68,7 @@ class Outcome:
     robust: dict[float, dict[str, Tensor]] = field(default_factory=dict)
     members: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     attack_seconds: dict[str, float] = field(default_factory=dict)
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     bounds: dict[str, Any] = field(default_factory=dict)
     smoothing: dict[str, Tensor] | None = None
     flags: list[dict[str, Any]] = field(default_factory=list)
@@ -92,6 +95,67 @@ def _model_flags(model: nn.Module, x: Tensor, y: Tensor) -> list[dict[str, Any]]
         ]
 
 
+def _protocol(attack: Any, flags: list[dict[str, Any]]) -> tuple[Any, str | None]:
+    """The attack to run: a ``"rapid"`` AutoAttack escalates to the standard version at once
+    when a model check says white-box attacks cannot be trusted."""
+    if getattr(attack, "version", None) != "rapid":
+        return attack, None
+    fired = [f["code"] for f in flags if f["triggered"] and f["code"] in WHITE_BOX_UNTRUSTED]
+    if fired:
+        return attack.escalated(), f"sanity flags fired ({', '.join(fired)})"
+    return attack, None
+
+
+def _attack_phase(
+    model: nn.Module,
+    plan: EvaluationPlan,
+    runner: UnitRunner,
+    xb: Batch,
+    spec: tuple[str, Any, float, str],
+    batches: list[int],
+) -> list[dict[str, Any]]:
+    name, attack, eps, suffix = spec
+    return runner.phase(
+        f"attack/{name}{suffix}/eps={eps_key(eps)}",
+        batches,
+        lambda b: attack_unit(model, attack, name, eps, *xb(b), first_id=b * plan.batch_size),
+        f"{name}{suffix} eps={eps:.4g}",
+        "attacks",
+    )
+
+
+def _run_attack(
+    model: nn.Module,
+    plan: EvaluationPlan,
+    runner: UnitRunner,
+    xb: Batch,
+    out: Outcome,
+    name: str,
+    eps: float,
+) -> tuple[list[dict[str, Any]], Tensor, dict[str, Any] | None]:
+    """One attack at ``eps`` on every batch; a ``"rapid"`` AutoAttack whose Square check fired
+    on some batch is escalated to the standard version on every other batch too (Croce & Hein's
+    full ensemble wherever the cheap protocol's verdict is in doubt)."""
+    attack, reason = _protocol(plan.attacks[name], out.flags)
+    everything = list(range(len(out.batches)))
+    results = _attack_phase(model, plan, runner, xb, (name, attack, eps, ""), everything)
+    parts = [r["robust"] for r in results]
+    fired = [b for b, r in enumerate(results) if r.get("escalated")]
+    if fired:
+        reason = reason or (
+            f"the Square check fooled examples the white-box members missed in {len(fired)} of "
+            f"{len(results)} batches"
+        )
+        rest = [b for b in everything if b not in set(fired)]
+        spec = (name, attack.escalated(), eps, "/escalated")
+        for b, r in zip(rest, _attack_phase(model, plan, runner, xb, spec, rest), strict=True):
+            parts[b] = parts[b] & r["robust"]
+    protocol = None
+    if getattr(plan.attacks[name], "version", None) == "rapid":
+        protocol = {"version": "rapid", "escalated": reason is not None, "reason": reason}
+    return results, torch.cat(parts), protocol
+
+
 def _attacks(
     model: nn.Module, plan: EvaluationPlan, runner: UnitRunner, xb: Batch, out: Outcome
 ) -> None:
@@ -102,18 +166,12 @@ def _attacks(
         out.robust[eps] = {}
         for name in names:
             before = runner.seconds.get("attacks", 0.0)
-            results = runner.phase(
-                f"attack/{name}/eps={eps_key(eps)}",
-                range(len(out.batches)),
-                lambda b, name=name, eps=eps: attack_unit(
-                    model, plan.attacks[name], name, eps, *xb(b), first_id=b * plan.batch_size
-                ),
-                f"{name} eps={eps:.4g}",
-                "attacks",
-            )
-            out.robust[eps][name] = _cat(results, "robust") & out.clean
+            results, robust, protocol = _run_attack(model, plan, runner, xb, out, name, eps)
+            out.robust[eps][name] = robust & out.clean
             if main:
                 out.attack_seconds[name] = runner.seconds.get("attacks", 0.0) - before
+                if protocol is not None:
+                    out.protocols[name] = protocol
                 if results and "members" in results[0]:
                     out.members[name] = {
                         m: torch.cat([r["members"][m] for r in results]) & out.clean

@@ -47,6 +47,8 @@ def _attack_entries(out: Outcome, plan: EvaluationPlan) -> dict[str, Any]:
             "correct": int(main[name].sum()),
             "seconds": out.attack_seconds.get(name, 0.0),
         }
+        if name in out.protocols:
+            entry["protocol"] = out.protocols[name]
         if name in out.members:
             entry["members"] = [
                 {"name": m, "accuracy_after": fraction(mask), "correct_after": int(mask.sum())}

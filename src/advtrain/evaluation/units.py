@@ -136,6 +136,7 @@ def attack_unit(
     if isinstance(detail, AutoAttackResult):
         out["members"] = {m: detail.robust_after[m].cpu() for m in detail.attacks}
         out["member_names"] = list(detail.attacks)
+        out["escalated"] = bool(detail.escalated)
     return out
 
 

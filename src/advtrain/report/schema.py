@@ -176,6 +176,17 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "accuracy": _ACC,
                     "correct": _COUNT,
                     "seconds": _NONNEG,
+                    "protocol": {
+                        "type": "object",
+                        "description": "AutoAttack 'rapid': whether (and why) it escalated to "
+                        "the standard ensemble",
+                        "required": ["version", "escalated"],
+                        "properties": {
+                            "version": {"type": "string"},
+                            "escalated": {"type": "boolean"},
+                            "reason": {"type": ["string", "null"]},
+                        },
+                    },
                     "members": {
                         "type": "array",
                         "description": "ensemble members in order; accuracy after each "

@@ -129,3 +129,47 @@ def test_a_memory_store_counts_units() -> None:
 def test_bad_plans_name_what_to_change(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         _plan(**kwargs)
+
+
+class _Quantize(nn.Module):
+    """Rounds the inputs: a zero input gradient everywhere (a gradient mask)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 4) / 4
+
+
+def test_a_rapid_autoattack_escalates_when_the_model_checks_doubt_gradients() -> None:
+    from advtrain.attacks import AutoAttack
+
+    model, x, y = _model_and_data()
+    masked = nn.Sequential(_Quantize(), model).eval()
+    with torch.no_grad():
+        y = masked(x).argmax(1)
+    rapid = AutoAttack(eps=0.1, version="rapid", seed=0, n_queries=50)
+    plan = EvaluationPlan(threat=THREAT, attacks={"aa": rapid}, batch_size=16)
+    out = run_evaluation(masked, x, y, plan)
+    sections = report_sections(out, plan)
+    assert "zero_gradients" in sections["sanity"]["triggered"]
+    protocol = sections["attacks"]["aa"]["protocol"]
+    assert protocol["version"] == "rapid" and protocol["escalated"]
+    assert "zero_gradients" in protocol["reason"]
+    # the standard ensemble ran (its members are the report's), not the rapid one
+    names = [m["name"] for m in sections["attacks"]["aa"]["members"]]
+    assert names == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_a_rapid_autoattack_on_a_sound_model_reports_its_protocol() -> None:
+    from advtrain.attacks import AutoAttack
+    from advtrain.attacks.autoattack import RAPID_NAMES
+
+    model, x, y = _model_and_data()
+    plan = EvaluationPlan(
+        threat=THREAT,
+        attacks={"aa": AutoAttack(eps=0.1, version="rapid", seed=0, n_queries=50)},
+        batch_size=16,
+    )
+    sections = report_sections(run_evaluation(model, x, y, plan), plan)
+    protocol = sections["attacks"]["aa"]["protocol"]
+    assert protocol["version"] == "rapid"
+    assert protocol["escalated"] == (protocol["reason"] is not None)
+    assert [m["name"] for m in sections["attacks"]["aa"]["members"]] == list(RAPID_NAMES)
