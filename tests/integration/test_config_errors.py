@@ -189,6 +189,7 @@ def test_every_schema_option_composes_and_is_typed(group: str, option: str) -> N
         ["method=gaussian_noise"],
         ["evaluation=pgd"],
         ["evaluation=autoattack"],
+        ["evaluation=rapid"],
         ["evaluation=smoothing"],
         ["evaluation=ibp"],
         ["evaluation=crown"],

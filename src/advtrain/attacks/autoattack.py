@@ -142,7 +142,7 @@ class AutoAttack(Attack):
     * ``"fast"``: APGD-CE and APGD-T with 3 targets (cheap enough for training-time validation;
       it is not the published evaluation).
     * ``"rapid"``: the standard version's verdict at a fraction of its time: APGD-CE, then APGD-T
-      on 3 targets ranked by MALT (the nearest linearised boundary, Melamed et al. 2024) instead
+      on 4 targets ranked by MALT (the nearest linearised boundary, Melamed et al. 2024) instead
       of 9 by logit, then a gradient-masking check: Square (``n_queries``) on a tenth of the
       still-robust examples. If Square fools any of them, the white-box attacks are not to be
       trusted here and the protocol escalates: the standard members (APGD-T on 9 targets, FAB-T,
@@ -275,7 +275,7 @@ class AutoAttack(Attack):
 
     def _preset(self, version: str) -> list[Attack]:
         if version == "rapid":
-            malt = self._make("apgd-t", n_target_classes=3, target_ranking="malt")
+            malt = self._make("apgd-t", n_target_classes=4, target_ranking="malt")
             return [self._make("apgd-ce"), malt]
         if self.norm == "l1":
             if version == "fast":

@@ -63,7 +63,7 @@ def test_rapid_matches_standard_on_the_madry_model(results: dict[str, object]) -
     # never a weaker verdict beyond 0.3 points (here: not a single example more)
     assert rapid.robust_accuracy <= standard.robust_accuracy + 0.003
     assert int(rapid.robust.sum()) <= int(standard.robust.sum()) + int(0.003 * n)
-    # three MALT targets do what nine logit-ranked ones do, up to a couple of examples
+    # four MALT targets do what nine logit-ranked ones do, up to a couple of examples
     after_t = rapid.counts["apgd-t-malt"]
     assert after_t <= standard.counts["apgd-t"] + 2
     x, _ = results["xy"]
