@@ -13,7 +13,6 @@ keys, and the same attack presets (``conf/attacks/``) on the same threat node::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from advtrain.evaluation.plan import EvaluationPlan, sanity_plan, smoothing_plan
-from advtrain.threat import ThreatModel
+from advtrain.threat import ThreatModel, check_eps, check_norm
 
 
 def container(node: Any) -> Any:
@@ -37,17 +36,16 @@ def threat_model(node: Any) -> ThreatModel:
     Raises:
         ValueError: For a missing or invalid eps, an unknown norm, bad bounds.
     """
-    norm = str(node.get("norm") or "linf")
-    if norm not in ("linf", "l2", "l1"):
-        raise ValueError(f"threat.norm must be linf, l2 or l1, got {norm!r}")
+    try:
+        norm = check_norm(str(node.get("norm") or "linf"))
+    except ValueError as err:
+        raise ValueError(f"threat.{err}") from None
     if node.get("eps") is None:
         raise ValueError(
             "threat.eps is required (e.g. threat.eps=0.2 or threat.eps=8/255), or give "
             "run_dir= so the training run's threat model is used"
         )
-    eps = float(node.get("eps"))
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"threat.eps must be a finite number >= 0, got {eps}")
+    eps = check_eps(float(node.get("eps")), "threat.eps")
     return ThreatModel(norm=norm, eps=eps, bounds=tuple(float(b) for b in node.get("bounds")))
 
 
