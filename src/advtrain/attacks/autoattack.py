@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.apgd import APGD
 from advtrain.attacks.base import Attack
-from advtrain.attacks.ensemble_run import EnsembleRun, subsample
+from advtrain.attacks.ensemble_run import CHECK_MIN_QUERIES, EnsembleRun, subsample
 from advtrain.modes import BNMode, model_state_guard
 from advtrain.validation import check_positive_int
 
@@ -143,10 +143,11 @@ class AutoAttack(Attack):
       it is not the published evaluation).
     * ``"rapid"``: the standard version's verdict at a fraction of its time: APGD-CE, then APGD-T
       on 4 targets ranked by MALT (the nearest linearised boundary, Melamed et al. 2024) instead
-      of 9 by logit, then a gradient-masking check: Square (``n_queries``) on a tenth of the
-      still-robust examples. If Square fools any of them, the white-box attacks are not to be
-      trusted here and the protocol escalates: the standard members (APGD-T on 9 targets, FAB-T,
-      Square) run on every still-robust example. :attr:`AutoAttackResult.escalated` says so.
+      of 9 by logit, then a gradient-masking check: Square with a fifth of ``n_queries`` (at
+      least 500) on a quarter of the still-robust examples. If Square fools any of them, the
+      white-box attacks are not to be trusted here and the protocol escalates: the standard
+      members (APGD-T on 9 targets, FAB-T, Square) run on every still-robust example
+      (:attr:`AutoAttackResult.escalated` says so).
     * ``"custom"``: the attacks given in ``attacks``.
 
     L1 (as in the reference): ``"standard"`` is l1-APGD-CE (5 restarts) and l1-APGD-T (5 targets),
@@ -211,7 +212,10 @@ class AutoAttack(Attack):
         self.check: Attack | None = None
         self.escalation: list[Attack] = []
         if self.version == "rapid" and self.norm != "l1":
-            self.check = self._make("square")
+            # Square's cost is its sequential queries more than the batch: the check is cheap
+            # through fewer queries (most of Square's successes come early) on a subsample.
+            check_queries = max(CHECK_MIN_QUERIES, self.n_queries // 5)
+            self.check = self._make("square", n_queries=check_queries)
             self.escalation = [self._make("apgd-t"), self._make("fab-t"), self._make("square")]
         names = [a.name for a in self.attacks]
         self.attack_names = tuple(

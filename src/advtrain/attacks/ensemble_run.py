@@ -11,8 +11,10 @@ from torch import Tensor, nn
 
 #: Fraction of the still-robust examples the rapid protocol's Square check attacks (at least
 #: :data:`CHECK_MIN` of them, or all).
-CHECK_FRACTION = 0.1
+CHECK_FRACTION = 0.25
 CHECK_MIN = 16
+#: The fewest queries of the rapid protocol's Square check (it runs a fifth of ``n_queries``).
+CHECK_MIN_QUERIES = 500
 
 
 @dataclass
@@ -60,4 +62,4 @@ def subsample(todo: Tensor) -> Tensor:
     return todo[pick]
 
 
-__all__ = ["CHECK_FRACTION", "CHECK_MIN", "EnsembleRun", "subsample"]
+__all__ = ["CHECK_FRACTION", "CHECK_MIN", "CHECK_MIN_QUERIES", "EnsembleRun", "subsample"]
