@@ -9,6 +9,7 @@ from advtrain.attacks.fab import FAB
 from advtrain.attacks.pgd import FGSM, PGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades import TRADESAttack
+from advtrain.lazy import lazy_attribute
 from advtrain.modes import model_state_guard
 
 __all__ = [
@@ -38,8 +39,5 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED:  # imported on first use: the evaluation package imports the attacks
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'advtrain.attacks' has no attribute {name!r}")
+    # imported on first use: the evaluation package imports the attacks
+    return lazy_attribute(__name__, name, _MOVED)

@@ -17,11 +17,29 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from advtrain.report import SCHEMA_VERSION, sha256_text
+from advtrain.report.ledger import canonical_json
 
 DATA_HASH_METHOD = (
     "advtrain.data.base.tensors_sha256(x, y): per tensor its dtype name, shape, then values as "
     "contiguous little-endian bytes; examples in test-set index order (first n_examples)"
 )
+
+
+def state_fingerprint(
+    settings: Mapping[str, Any], checkpoint_sha256: str, data_sha256: str, env: Mapping[str, Any]
+) -> str:
+    """What the resumable units of an evaluation depend on (settings, weights, data and code
+    version): stored units are reused only under the same fingerprint."""
+    return sha256_text(
+        canonical_json(
+            {
+                "settings": settings,
+                "checkpoint": checkpoint_sha256,
+                "data": data_sha256,
+                "code": [env.get("advtrain"), env.get("git_commit")],
+            }
+        )
+    )
 
 
 def write_config(cfg: DictConfig, folder: Path) -> tuple[Path, str]:
@@ -86,4 +104,4 @@ def assemble_report(
     }
 
 
-__all__ = ["DATA_HASH_METHOD", "assemble_report", "write_config"]
+__all__ = ["DATA_HASH_METHOD", "assemble_report", "state_fingerprint", "write_config"]

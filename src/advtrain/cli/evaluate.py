@@ -63,7 +63,7 @@ from advtrain.cli.eval_commands import compare_main, keygen_main, schema_main, v
 from advtrain.cli.eval_data import EvalData, contamination, load_split
 from advtrain.cli.eval_model import load_model
 from advtrain.cli.eval_plan import build_plan, container, threat_model
-from advtrain.cli.eval_report import assemble_report, write_config
+from advtrain.cli.eval_report import assemble_report, state_fingerprint, write_config
 from advtrain.cli.schemas import check_seed
 from advtrain.cli.trust import check_config_targets
 from advtrain.data.base import tensors_sha256
@@ -79,9 +79,9 @@ from advtrain.evaluation.report import report_sections
 from advtrain.evaluation.state import UnitStore
 from advtrain.evaluation.units import UnitHook, UnitRunner
 from advtrain.models.view import ClassifierView
-from advtrain.report import environment, sha256_text, summary_table, write_report
+from advtrain.report import environment, summary_table, write_report
 from advtrain.report.folders import reserve_report_dir
-from advtrain.report.ledger import append_entry, canonical_json
+from advtrain.report.ledger import append_entry
 from advtrain.report.signing import load_private_key, mac_key
 from advtrain.threat import ThreatModel
 
@@ -217,17 +217,7 @@ def _store(
     cfg: DictConfig, output_dir: Path, settings: Mapping[str, Any], hashes: list[Any]
 ) -> tuple[UnitStore, Any]:
     """The resumable state of this evaluation (bound to everything its numbers depend on)."""
-    env = environment()
-    fingerprint = sha256_text(
-        canonical_json(
-            {
-                "settings": settings,
-                "checkpoint": hashes[0],
-                "data": hashes[1],
-                "code": [env.get("advtrain"), env.get("git_commit")],
-            }
-        )
-    )
+    fingerprint = state_fingerprint(settings, hashes[0], hashes[1], environment())
     key = _signing_key(cfg)
     store = UnitStore(
         output_dir / "eval_state",

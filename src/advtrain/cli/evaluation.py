@@ -24,7 +24,7 @@ from advtrain.checkpoints import load_weights
 from advtrain.cli.config import lightning_package
 from advtrain.cli.eval_data import load_split
 from advtrain.cli.eval_plan import build_plan, threat_model
-from advtrain.cli.eval_report import assemble_report, write_config
+from advtrain.cli.eval_report import assemble_report, state_fingerprint, write_config
 from advtrain.data.base import tensors_sha256
 from advtrain.evaluation.flags import untrained_flag
 from advtrain.evaluation.pipeline import run_evaluation
@@ -32,8 +32,7 @@ from advtrain.evaluation.report import report_sections
 from advtrain.evaluation.state import StateMismatchError, UnitStore
 from advtrain.evaluation.units import UnitRunner
 from advtrain.models.view import ClassifierView
-from advtrain.report import environment, sha256_file, sha256_text, write_report
-from advtrain.report.ledger import canonical_json
+from advtrain.report import environment, sha256_file, write_report
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -106,7 +105,8 @@ def evaluate_checkpoint(
     plan = build_plan(ev, threat, int(ev.get("seed", cfg.seed)))
     data_sha = tensors_sha256(data.x, data.y)
     settings = {**plan.settings(), "n_examples": int(data.y.numel()), "device": str(device)}
-    fingerprint = sha256_text(canonical_json([settings, ckpt["sha256"], data_sha]))
+    env = environment(lightning_package(cfg))
+    fingerprint = state_fingerprint(settings, ckpt["sha256"], data_sha, env)
     try:  # units of an evaluation of these weights, interrupted: reuse them
         store = UnitStore(output_dir / "eval_state", fingerprint, settings, resume=True)
     except StateMismatchError:  # of other weights (an earlier attempt's checkpoint): discard
@@ -131,7 +131,7 @@ def evaluate_checkpoint(
         data_sha256=data_sha,
         seed=int(cfg.seed),
         timings=timings,
-        environment=environment(lightning_package(cfg)),
+        environment=env,
         settings=settings,
     )
     write_report(report, output_dir)

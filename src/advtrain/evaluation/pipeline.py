@@ -140,13 +140,13 @@ def _run_attack(
     everything = list(range(len(out.batches)))
     results = _attack_phase(model, plan, runner, xb, (name, attack, eps, ""), everything)
     parts = [r["robust"] for r in results]
-    fired = [b for b, r in enumerate(results) if r.get("escalated")]
+    fired = {b for b, r in enumerate(results) if r.get("escalated")}
     if fired:
         reason = reason or (
             f"the Square check fooled examples the white-box members missed in {len(fired)} of "
             f"{len(results)} batches"
         )
-        rest = [b for b in everything if b not in set(fired)]
+        rest = [b for b in everything if b not in fired]
         spec = (name, attack.escalated(), eps, "/escalated")
         for b, r in zip(rest, _attack_phase(model, plan, runner, xb, spec, rest), strict=True):
             parts[b] = parts[b] & r["robust"]
@@ -246,15 +246,19 @@ def result_flags(out: Outcome, plan: EvaluationPlan) -> list[dict[str, Any]]:
                 )
         else:
             per_attack[name] = fraction(mask)
-    grid = None
-    if plan.grid_eps and plan.grid_attacks:
-        names = plan.grid_attacks
-        grid = {
-            eps: fraction(worst_case(out.clean, {n: out.robust[eps][n] for n in names}))
-            for eps in plan.grid_eps
-        }
+    grid = grid_worst_case(out, plan) if plan.grid_eps and plan.grid_attacks else None
     flags = check_results(fraction(out.clean), per_attack, grid, margin=plan.sanity.margin)
     return [f.to_dict() for f in flags]
+
+
+def grid_worst_case(out: Outcome, plan: EvaluationPlan) -> dict[float, float]:
+    """Accuracy under the worst case of the grid attacks (only those) at every grid eps: the
+    eps curve of the report and of the sanity checks."""
+    names = plan.grid_attacks or []
+    return {
+        eps: fraction(worst_case(out.clean, {n: out.robust[eps][n] for n in names}))
+        for eps in plan.grid_eps
+    }
 
 
 def worst_case(clean: Tensor, masks: Mapping[str, Tensor]) -> Tensor:
@@ -323,6 +327,7 @@ def run_evaluation(
 __all__ = [
     "Outcome",
     "fraction",
+    "grid_worst_case",
     "result_flags",
     "run_evaluation",
     "worst_case",

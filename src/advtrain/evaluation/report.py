@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from advtrain.evaluation.flags import sanity_section
-from advtrain.evaluation.pipeline import Outcome, fraction, worst_case
+from advtrain.evaluation.pipeline import Outcome, fraction, grid_worst_case, worst_case
 from advtrain.evaluation.plan import EvaluationPlan
 from advtrain.metrics.certified import certified_accuracy
 
@@ -61,12 +61,10 @@ def _attack_entries(out: Outcome, plan: EvaluationPlan) -> dict[str, Any]:
 def _eps_grid(out: Outcome, plan: EvaluationPlan) -> dict[str, Any]:
     names = list(plan.grid_attacks or [])
     acc: dict[str, list[float]] = {name: [] for name in names}
-    acc["worst_case"] = []
     for eps in plan.grid_eps:
         for name in names:
             acc[name].append(fraction(out.robust[eps][name]))
-        at_eps = {name: out.robust[eps][name] for name in names}  # the grid attacks only
-        acc["worst_case"].append(fraction(worst_case(out.clean, at_eps)))
+    acc["worst_case"] = list(grid_worst_case(out, plan).values())
     return {"factors": plan.grid_factors, "eps": plan.grid_eps, "attacks": names, "accuracy": acc}
 
 
