@@ -282,11 +282,16 @@ def _clean_pass(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _attack_batch(
-    model: nn.Module, attack: AttackFn, x: Tensor, y: Tensor, ids: Tensor, correct: Tensor
+    model: nn.Module,
+    attack: AttackFn,
+    x: Tensor,
+    y: Tensor,
+    ids: Tensor,
+    correct: Tensor,
+    idx: Tensor,
 ) -> tuple[Tensor, AutoAttackResult | None]:
-    """One attack on the correctly classified examples of a batch: the robust mask and, for
+    """One attack on the correctly classified examples ``idx`` of a batch: the robust mask and, for
     AutoAttack, its per-member result over the whole batch."""
-    idx = correct.nonzero().squeeze(1)
     mask = torch.zeros_like(correct)
     if idx.numel() == 0:  # nothing to attack in this batch
         if isinstance(attack, AutoAttack):
@@ -366,9 +371,10 @@ def evaluate_attacks(
         labels.append(y.cpu())
         clean.append(correct.cpu())
 
+        idx = correct.nonzero().squeeze(1)  # one host sync per batch, shared by the attacks
         for name in names:
             t0 = time.perf_counter()
-            mask, detail = _attack_batch(model, attacks[name], x, y, ids, correct)
+            mask, detail = _attack_batch(model, attacks[name], x, y, ids, correct, idx)
             if detail is not None:
                 aa_details.setdefault(name, []).append(detail)
             robust[name].append(mask.cpu())
