@@ -23,6 +23,7 @@ from torchvision import transforms
 
 from advtrain.attacks import PGD, AutoAttack
 from advtrain.callbacks import AdversarialTraining, FreeAdversarialTraining, RobustEvaluation
+from advtrain.evaluation import evaluate_attacks
 from advtrain.models import Normalize
 
 from .outside.digit_images import DIGITS_MEAN, DIGITS_STD
@@ -208,21 +209,32 @@ def test_pytorch_lightning_project_with_robust_checkpointing(tmp_path: Path) -> 
 
 
 def test_robust_evaluation_attacks_the_pixels_of_normalised_validation_data() -> None:
-    """val/robust_acc equals the same deterministic attack run by hand in pixel space."""
+    """val/robust_acc is the evaluation pipeline's number for the same weights and examples.
+
+    A random-start attack: the callback names its examples 0..n-1 (stable across epochs and
+    batches), so its number equals ``evaluate_attacks`` run by hand in pixel space with the same
+    ids, counted as Croce & Hein do (correct clean and after the attack).
+    """
     L.seed_everything(0, verbose=False)
     dm = DigitsDataModule(batch_size=50)
     module = DigitsLitModule(net=SimpleDenseNet())
-    attack = PGD(eps=0.1, steps=5, random_start=False)
-    evaluation = RobustEvaluation(attack, n_examples=100, every_n_epochs=1)
+    attack = PGD(eps=0.1, steps=5, seed=3)
+    evaluation = RobustEvaluation(attack, n_examples=100, every_n_epochs=1, seed=3)
     trainer = quiet(L, max_epochs=2, limit_val_batches=2, callbacks=[evaluation])
     trainer.fit(module, datamodule=dm)
     x, y = pixel_split(dm.data_val)
     x, y = x[:100], y[:100]
     model = in_pixels(module)
-    x_adv = PGD(eps=0.1, steps=5, random_start=False)(model, x, y)
-    with torch.no_grad():
-        expected = float((model(x_adv).argmax(1) == y).float().mean())
-    assert evaluation.last_value == pytest.approx(expected, abs=0.011)
+    by_hand = PGD(eps=0.1, steps=5, seed=3)
+    res = evaluate_attacks(model, (x, y), {"pgd": by_hand}, progress=False, batch_size=64)
+    assert evaluation.last_value == pytest.approx(res.robust_accuracy["pgd"], abs=1e-6)
+    assert 0.05 < evaluation.last_value < res.clean_accuracy  # the attack did something
+    with torch.no_grad():  # an example wrong clean never counts, whatever the attack did
+        clean = model(x).argmax(1) == y
+    assert bool((res.robust_correct["pgd"] <= clean).all())
+    # The next evaluation of the same weights gives the same number (stable example ids).
+    trainer.validate(module, datamodule=dm, verbose=False)
+    assert evaluation.last_value == pytest.approx(res.robust_accuracy["pgd"], abs=1e-6)
 
 
 def test_free_at_on_normalised_data_perturbs_pixels() -> None:

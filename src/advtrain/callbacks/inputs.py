@@ -149,7 +149,12 @@ class InputSpace:
         needed); one per module, made on first use."""
         view = self._views.get(id(module))
         if view is None:
-            view = ClassifierView.of(module, self.normalization, self.output_key, self.forward_fn)
+            # Made outside inference mode: ``Trainer.validate`` runs callbacks under it, and a
+            # normalisation buffer made there could not take part in an attack's autograd.
+            with torch.inference_mode(False):
+                view = ClassifierView.of(
+                    module, self.normalization, self.output_key, self.forward_fn
+                )
             self._views = {id(module): view}
         return view
 

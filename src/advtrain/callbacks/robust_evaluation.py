@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.autoattack import AutoAttack
@@ -17,9 +16,9 @@ from advtrain.attacks.base import Attack
 from advtrain.callbacks.batch import Key
 from advtrain.callbacks.inputs import NormalizationArg
 from advtrain.callbacks.subset_evaluation import SubsetEvaluation, training_threat
+from advtrain.evaluation.units import attack_unit
 from advtrain.lit.adapter import MisconfigurationException
 from advtrain.models.view import ForwardFn, OutputKey
-from advtrain.modes import model_state_guard
 from advtrain.normalization import AUTO
 from advtrain.threat import ThreatModel
 
@@ -40,7 +39,9 @@ class RobustEvaluation(SubsetEvaluation):
     The first validation epoch is always evaluated, so the metric exists from the start.
     Works inside Lightning's validation loop with its default ``inference_mode=True``: attacks
     re-enable autograd locally. Under DDP each rank attacks its own shard and the counts are
-    summed across ranks. Between evaluations the last measured value is logged again, so a
+    summed across ranks. An example counts as robust when it is classified correctly clean and
+    after the attack (Croce & Hein, ICML 2020); only the correct ones are attacked.
+    Between evaluations the last measured value is logged again, so a
     ``ModelCheckpoint`` monitoring it always finds the key (and never prefers a stale value,
     since ties do not replace the best checkpoint).
 
@@ -104,10 +105,16 @@ class RobustEvaluation(SubsetEvaluation):
         self._resolve_attack(trainer).reseed(self.seed + trainer.global_rank)
 
     def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Still classified correctly after the attack (the model is evaluated in eval mode)."""
-        x_adv = self._resolve_attack(trainer)(model, x, y)
-        with torch.no_grad(), model_state_guard(model, "eval"):
-            return model(x_adv).argmax(dim=1) == y
+        """Correct clean and still correct after the attack (Croce & Hein's count).
+
+        The evaluation pipeline's attack unit (:func:`advtrain.evaluation.units.attack_unit`):
+        only the correctly classified examples are attacked, in eval mode, each with its random
+        stream drawn from its example id (stable across epochs and ranks).
+        """
+        attack = self._resolve_attack(trainer)
+        eps = float(getattr(attack, "eps", 0.0))
+        unit = attack_unit(model, attack, type(attack).__name__, eps, x, y, self.first_id)
+        return unit["robust"].to(x.device)
 
 
 __all__ = ["RobustEvaluation", "default_attack"]

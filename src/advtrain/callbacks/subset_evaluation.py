@@ -8,6 +8,7 @@ logging and checkpointing the last value live here.
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from advtrain.callbacks.batch import Key, split_batch
 from advtrain.callbacks.inputs import InputSpace, NormalizationArg
 from advtrain.lit.adapter import Callback
+from advtrain.metrics.robust import RobustAccuracy
 from advtrain.models.view import ForwardFn, OutputKey
 from advtrain.normalization import AUTO
 from advtrain.threat import OutOfBoundsError, ThreatModel
@@ -56,6 +58,9 @@ class SubsetEvaluation(Callback):
     evaluations the last value is logged again, so a ``ModelCheckpoint`` monitoring it always
     finds the key (ties never replace the best checkpoint, so a repeated value never wins).
     Under DDP each rank tests its own shard and the counts are summed across ranks.
+    Passes are counted with :class:`~advtrain.metrics.RobustAccuracy`: an example that fails the
+    test counts as predicted "no class" (``-1``), so the metric's sum states and its exact DDP
+    synchronisation are the ones every other robust accuracy in advtrain uses.
 
     Inputs are tested in pixel units: data normalised in its transforms is un-normalised first
     (the normalisation found in the validation data or declared, else the training callback's)
@@ -96,7 +101,9 @@ class SubsetEvaluation(Callback):
         self.target_key = target_key
         self.last_value: float | None = None
         self._active = False
-        self._counts = torch.zeros(2)  # (passed, tested)
+        self.metric = RobustAccuracy()
+        self._tested = 0  # examples tested on this rank in this epoch (the budget, host-side)
+        self.first_id = 0  # the id of the first example of the batch being tested
 
     @abstractmethod
     def passes(self, trainer: Trainer, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -117,7 +124,9 @@ class SubsetEvaluation(Callback):
         self._active = not trainer.sanity_checking and (
             (epoch + 1) % self.every_n_epochs == 0 or last or self.last_value is None
         )
-        self._counts = torch.zeros(2, device=pl_module.device)
+        self.metric = self.metric.to(pl_module.device)
+        self.metric.reset()
+        self._tested = 0
         if self._active:
             if not self._resolved:
                 fallback = getattr(training_space(trainer), "normalization", None)
@@ -136,25 +145,34 @@ class SubsetEvaluation(Callback):
     ) -> None:
         if not self._active or dataloader_idx != 0:
             return
-        budget = self.n_examples // max(trainer.world_size, 1) - int(self._counts[1].item())
+        per_rank = self.n_examples // max(trainer.world_size, 1)
+        budget = per_rank - self._tested
         if budget <= 0:
             return
         x, y = split_batch(batch, self.input_key, self.target_key)
         x, y = x[:budget], y[:budget]
+        # Stable example ids across epochs and ranks: the attack's per-example random streams
+        # (advtrain.randomness) then make every evaluation of the same weights identical.
+        self.first_id = trainer.global_rank * per_rank + self._tested
         try:
             ok = self.passes(trainer, self.space.view(pl_module), self.space.to_pixels(x), y)
         except OutOfBoundsError as err:
             raise self.space.explain(err, x) from None
-        tested = torch.tensor(float(y.numel()), device=self._counts.device)
-        self._counts = self._counts + torch.stack([ok.sum().to(self._counts), tested])
+        self._tested += int(y.numel())
+        y = y.to(self.metric.device)
+        self.metric.update(torch.where(ok.to(y.device), y, torch.full_like(y, -1)), y)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if self._active:
-            counts = trainer.strategy.reduce(self._counts.float(), reduce_op="sum")
-            if float(counts[1]) > 0:
-                self.last_value = float(counts[0]) / float(counts[1])
+            # Sum states, synchronised across ranks by torchmetrics when distributed (every
+            # rank computes, also one whose shard gave no example).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+                value = float(self.metric.compute())
+            if value == value:  # nan: no example was tested
+                self.last_value = value
         if self.last_value is not None:
             # Already summed across ranks: every rank logs the same value.
             pl_module.log(self.monitor, self.last_value, prog_bar=True, sync_dist=True)
