@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 FAST = [
+    "evaluation=standard",
     "trainer.max_epochs=2",
     "++trainer.limit_train_batches=4",
     "trainer.enable_progress_bar=false",

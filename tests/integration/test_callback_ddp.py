@@ -34,6 +34,7 @@ def overrides(method: str, processes: int) -> list[str]:
     common = [
         *variant,
         f"method={method}",
+        "evaluation=standard",
         "trainer.max_epochs=4",
         "trainer.enable_progress_bar=false",
         f"data.module.batch_size={64 // processes}",

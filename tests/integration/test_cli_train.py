@@ -27,8 +27,16 @@ def test_default_config_is_pgd_at_on_digits_at_eps_0_2() -> None:
     assert cfg.threat.eps == 0.2 and cfg.threat.norm == "linf"
     assert cfg.attack._target_ == "advtrain.attacks.PGD" and cfg.attack.eps == 0.2
     assert cfg.schedule.eps._target_ == "advtrain.schedules.Linear"
-    assert cfg.evaluation.attacks["pgd-50x5"].steps == 50
-    assert cfg.evaluation.attacks["pgd-50x5"].restarts == 5
+    # The default evaluation: AutoAttack "rapid" and the FMN eps curve (issue #20); AutoAttack
+    # standard with PGD-50x5 and the APGD-CE curve is evaluation=standard.
+    assert set(cfg.evaluation.attacks) == {"autoattack-rapid"}
+    assert cfg.evaluation.attacks["autoattack-rapid"].version == "rapid"
+    assert cfg.evaluation.eps_grid.min_norm.fmn._target_ == "advtrain.attacks.FMN"
+    assert cfg.evaluation.eps_grid.min_norm.fmn.eps == 0.2
+    standard = compose(overrides=["evaluation=standard"], output_dir="unused")
+    assert standard.evaluation.attacks["pgd-50x5"].steps == 50
+    assert standard.evaluation.attacks["autoattack"].version == "standard"
+    assert standard.evaluation.eps_grid.min_norm is None
 
 
 def test_fraction_override_reads_naturally(tmp_path: Path) -> None:

@@ -88,12 +88,19 @@ def test_added_key_is_refused_before_training(tmp_path: Path) -> None:
 
 
 def test_unknown_constructor_argument_anywhere_is_refused(tmp_path: Path) -> None:
-    cfg = compose(overrides=["+evaluation.attacks.pgd-50x5.stepz=3"], output_dir=str(tmp_path))
+    overrides = ["evaluation=standard", "+evaluation.attacks.pgd-50x5.stepz=3"]
+    cfg = compose(overrides=overrides, output_dir=str(tmp_path))
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
     message = str(info.value)
     assert "evaluation.attacks.pgd-50x5.stepz" in message and "advtrain.attacks.PGD" in message
     assert "steps" in message
+    # The eps curve's minimum-norm attack (the default evaluation's) is checked the same way.
+    cfg = compose(overrides=["+evaluation.eps_grid.min_norm.fmn.stepz=3"], output_dir="unused")
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    message = str(info.value)
+    assert "evaluation.eps_grid.min_norm.fmn.stepz" in message and "advtrain.attacks.FMN" in message
 
 
 def test_ddp_with_one_device_says_what_to_use(tmp_path: Path) -> None:

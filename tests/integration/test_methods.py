@@ -50,7 +50,8 @@ def test_trades_and_mart_read_the_threat_model_from_the_threat_node() -> None:
         assert (inner.eps, inner.norm, inner.bounds) == (0.5, "l2", (0.0, 1.0))
         assert inner.steps == cfg.attack.steps == 7
         assert set(cb.schedules) == {"eps"}  # the default ramp drives the inner attack
-        assert cfg.evaluation.attacks["pgd-50x5"].eps == 0.5
+        assert cfg.evaluation.attacks["autoattack-rapid"].eps == 0.5
+        assert cfg.evaluation.eps_grid.min_norm.fmn.norm == "l2"
 
 
 def test_fast_at_is_fgsm_rs_with_cyclic_lr_and_the_guard() -> None:

@@ -41,7 +41,7 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "SmallCNN",
         0.3,
         "linf",
-        {"autoattack", "pgd-20", "apgd-ce"},
+        {"autoattack", "pgd-20", "fmn"},
     ),
     "trades_mnist": (
         "mnist",
@@ -49,16 +49,16 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "SmallCNN",
         0.3,
         "linf",
-        {"autoattack", "pgd-20", "apgd-ce"},
+        {"autoattack", "pgd-20", "fmn"},
     ),
-    "ibp_mnist": ("mnist", "ibp", "SmallCNN", 0.3, "linf", {"pgd-50x5", "apgd-ce", "cert:ibp"}),
+    "ibp_mnist": ("mnist", "ibp", "SmallCNN", 0.3, "linf", {"pgd-50x5", "fmn", "cert:ibp"}),
     "crown_ibp_mnist": (
         "mnist",
         "crown_ibp",
         "SmallCNN",
         0.3,
         "linf",
-        {"pgd-50x5", "apgd-ce", "cert:ibp", "cert:crown_ibp"},
+        {"pgd-50x5", "fmn", "cert:ibp", "cert:crown_ibp"},
     ),
     "pgd_at_cifar10": (
         "cifar10",
@@ -66,7 +66,7 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "PreActResNet18",
         8 / 255,
         "linf",
-        {"autoattack", "pgd-20", "apgd-ce"},
+        {"autoattack", "pgd-20", "fmn"},
     ),
     "trades_cifar10": (
         "cifar10",
@@ -74,7 +74,7 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "WideResNet",
         0.031,
         "linf",
-        {"autoattack", "pgd-20", "apgd-ce"},
+        {"autoattack", "pgd-20", "fmn"},
     ),
     "fast_at_cifar10": (
         "cifar10",
@@ -82,7 +82,7 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "PreActResNet18",
         8 / 255,
         "linf",
-        {"pgd-50x10", "apgd-ce"},
+        {"pgd-50x10", "fmn"},
     ),
     "free_at_cifar10": (
         "cifar10",
@@ -90,7 +90,7 @@ EXPECTED: dict[str, tuple[str, str, str, float, str, set[str]]] = {
         "WideResNet",
         8 / 255,
         "linf",
-        {"autoattack", "pgd-20", "apgd-ce"},
+        {"autoattack", "pgd-20", "fmn"},
     ),
     "cohen_smoothing_cifar10": (
         "cifar10",
@@ -129,6 +129,7 @@ def test_recipe_composes_to_the_published_setting(name: str) -> None:
     assert float(cfg.attack.eps) == pytest.approx(eps)
     assert cfg.attack.norm == norm
     entries = set((cfg.evaluation.get("attacks") or {}).keys())
+    entries |= set(cfg.evaluation.eps_grid.get("min_norm") or {})  # the curve's attack (FMN)
     certify = cfg.evaluation.certify
     entries |= {f"cert:{m}" for m in certify.bounds.methods}
     entries |= {"cert:smoothing"} if certify.smoothing.sigma is not None else set()
@@ -231,7 +232,7 @@ def test_recipe_runs_end_to_end_on_synthetic_data(name: str, tmp_path: Path) -> 
     assert 0.0 <= saved["clean_accuracy"] <= 1.0
     for value in saved["robust_accuracy"].values():
         assert 0.0 <= value <= saved["clean_accuracy"]
-    expected = EXPECTED.get(name, ("", "", "", 0.0, "", {"pgd-50x5", "autoattack", "apgd-ce"}))[-1]
+    expected = EXPECTED.get(name, ("", "", "", 0.0, "", {"autoattack-rapid", "fmn"}))[-1]
     attacks = {e for e in expected if not e.startswith("cert:")}
     certificates = {e[5:] for e in expected if e.startswith("cert:")}
     assert set(saved["robust_accuracy"]) - {"worst_case"} == attacks

@@ -6,6 +6,7 @@ from advtrain.attacks.apgd import APGD
 from advtrain.attacks.autoattack import AutoAttack, AutoAttackResult
 from advtrain.attacks.base import Attack
 from advtrain.attacks.fab import FAB
+from advtrain.attacks.fmn import FMN
 from advtrain.attacks.pgd import FGSM, PGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades import TRADESAttack
@@ -16,6 +17,7 @@ __all__ = [
     "APGD",
     "FAB",
     "FGSM",
+    "FMN",
     "PGD",
     "Attack",
     "AutoAttack",

@@ -5,7 +5,7 @@ evaluation (the ``evaluation`` node of ``conf/train.yaml``) describe an evaluati
 keys, and the same attack presets (``conf/attacks/``) on the same threat node::
 
     attacks: {name: {_target_: ..., eps: ${threat.eps}, ...}}
-    eps_grid: {factors: [...], attacks: [names] | null}
+    eps_grid: {factors: [...], attacks: [names] | null, min_norm: {name: {_target_: ...}} | null}
     certify: {bounds: {methods, on_eps_grid, batch_size}, smoothing: {sigma, n0, n, ...}}
     sanity: {enabled, n_examples, margin}
     batch_size: 256
@@ -61,6 +61,22 @@ def build_attacks(node: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]
     return attacks, specs
 
 
+def _min_norm(node: Any) -> tuple[Any, dict[str, Any]]:
+    """The ``eps_grid.min_norm`` attack and its spec: a preset (``{fmn: {_target_: ...}}``, as
+    ``attacks@eps_grid.min_norm=fmn`` composes it) or one spec with a ``_target_``."""
+    if not node:
+        return None, {}
+    if "_target_" not in node:
+        specs = [v for v in node.values() if v is not None]
+        if len(specs) != 1 or not isinstance(specs[0], Mapping):
+            raise ValueError(
+                "eps_grid.min_norm must be one minimum-norm attack preset (e.g. "
+                f"attacks@eps_grid.min_norm=fmn) or a spec with _target_, got {dict(node)}"
+            )
+        node = specs[0]
+    return instantiate(node, _convert_="all"), dict(node)
+
+
 def build_plan(node: Any, threat: ThreatModel, seed: int) -> EvaluationPlan:
     """The plan of an evaluation config node (see the module docstring).
 
@@ -72,12 +88,15 @@ def build_plan(node: Any, threat: ThreatModel, seed: int) -> EvaluationPlan:
     certify: Mapping[str, Any] = container(node.get("certify") or {})
     bounds: Mapping[str, Any] = certify.get("bounds") or {}
     grid_attacks = grid.get("attacks")
+    min_norm, min_norm_spec = _min_norm(grid.get("min_norm"))
     return EvaluationPlan(
         threat=threat,
         attacks=attacks,
         specs=specs,
         grid_factors=list(grid.get("factors") or []),
         grid_attacks=None if grid_attacks is None else [str(a) for a in grid_attacks],
+        min_norm=min_norm,
+        min_norm_spec=min_norm_spec,
         bound_methods=[str(m) for m in bounds.get("methods") or []],
         bounds_on_grid=bool(bounds.get("on_eps_grid", False)),
         bounds_batch_size=int(bounds.get("batch_size", 64)),

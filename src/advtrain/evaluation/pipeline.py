@@ -56,6 +56,8 @@ class Outcome:
         protocols: ``"rapid"`` AutoAttacks: whether and why they escalated to the standard one.
         bounds: Bound method → its report entry (accuracy per eps, or why it is not supported).
         smoothing: Randomized smoothing: predictions, radii and how many examples.
+        min_norm: The minimum-norm attack's smallest adversarial norm per example (``inf``:
+            none found), before the cap at the threat model's eps (:func:`effective_min_norm`).
         flags: Sanity flags (dictionaries of :class:`~advtrain.evaluation.sanity.SanityFlag`).
         model_check_examples: Examples the model checks used.
         seconds: Compute time per phase.
@@ -71,6 +73,7 @@ class Outcome:
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     bounds: dict[str, Any] = field(default_factory=dict)
     smoothing: dict[str, Tensor] | None = None
+    min_norm: Tensor | None = None
     flags: list[dict[str, Any]] = field(default_factory=list)
     model_check_examples: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -179,6 +182,42 @@ def _attacks(
                     }
 
 
+def _min_norm(
+    model: nn.Module, plan: EvaluationPlan, runner: UnitRunner, xb: Batch, out: Outcome
+) -> None:
+    """The minimum-norm attack's smallest adversarial norm for every example (one run). At the
+    threat model's eps it counts as one more attack: a point it found within eps is adversarial
+    whatever the main attacks missed, so the worst case includes it."""
+    attack, name, eps = plan.min_norm, plan.min_norm_name, plan.threat.eps
+
+    def unit(b: int) -> dict[str, Any]:
+        xs, ys = xb(b)
+        return {"norm": attack.min_norm(model, xs, ys).double().cpu()}
+
+    before = runner.seconds.get("min_norm", 0.0)
+    results = runner.phase(f"min_norm/{name}", out.batches, unit, f"{name} (curve)", "min_norm")
+    out.min_norm = _cat(results, "norm")
+    out.robust[eps][name] = out.clean & robust_beyond(out.min_norm, eps)
+    out.attack_seconds[name] = runner.seconds.get("min_norm", 0.0) - before
+
+
+def effective_min_norm(out: Outcome, plan: EvaluationPlan) -> Tensor:
+    """Each example's smallest adversarial norm known: the minimum-norm attack's, capped at
+    ``threat.eps`` where the main attacks fooled the example there (0 where it is wrong clean).
+
+    So the curve at and beyond the threat model's eps is never above the main attacks' worst case.
+    """
+    assert out.min_norm is not None
+    fooled = out.clean & ~worst_case(out.clean, out.robust[plan.threat.eps])
+    norms = torch.where(fooled, out.min_norm.clamp(max=plan.threat.eps), out.min_norm)
+    return torch.where(out.clean, norms, torch.zeros_like(norms))
+
+
+def robust_beyond(norms: Tensor, eps: float) -> Tensor:
+    """No adversarial point within ``eps`` (a relative 1e-6 of float error counts as within)."""
+    return norms > eps * (1 + 1e-6)
+
+
 def _bounds(
     model: nn.Module, plan: EvaluationPlan, runner: UnitRunner, xb: Batch, out: Outcome
 ) -> None:
@@ -246,19 +285,58 @@ def result_flags(out: Outcome, plan: EvaluationPlan) -> list[dict[str, Any]]:
                 )
         else:
             per_attack[name] = fraction(mask)
-    grid = grid_worst_case(out, plan) if plan.grid_eps and plan.grid_attacks else None
+    has_curve = plan.grid_attacks or out.min_norm is not None
+    grid = grid_worst_case(out, plan) if plan.grid_eps and has_curve else None
     flags = check_results(fraction(out.clean), per_attack, grid, margin=plan.sanity.margin)
+    if out.min_norm is not None:
+        flags.append(min_norm_flag(out, plan))
     return [f.to_dict() for f in flags]
+
+
+def min_norm_flag(out: Outcome, plan: EvaluationPlan) -> Any:
+    """Fires when the minimum-norm attack alone leaves more examples robust at the threat model's
+    eps than the main attacks (by more than the sanity margin): beyond that eps, where nothing
+    caps it, the curve may then be too high as well."""
+    from advtrain.evaluation.sanity import SanityFlag
+
+    eps = plan.threat.eps
+    alone = fraction(out.clean & robust_beyond(out.min_norm, eps))  # type: ignore[arg-type]
+    others = {n: m for n, m in out.robust[eps].items() if n != plan.min_norm_name}
+    main = fraction(worst_case(out.clean, others))
+    weak = alone - main > plan.sanity.margin
+    details = {"eps": eps, "min_norm_accuracy": alone, "main_accuracy": main}
+    if not weak:
+        return SanityFlag(
+            "weak_min_norm_curve",
+            False,
+            f"At eps={eps:g} the minimum-norm attack alone ({alone:.1%}) agrees with the main "
+            f"attacks ({main:.1%}) within {plan.sanity.margin:.0%}.",
+            details=details,
+        )
+    return SanityFlag(
+        "weak_min_norm_curve",
+        True,
+        f"At eps={eps:g} the minimum-norm attack alone leaves {alone:.1%} robust, the main "
+        f"attacks {main:.1%}: it misses adversarial points they find, so the eps curve beyond "
+        f"eps={eps:g} (where nothing caps it) may overstate robustness.",
+        "Give the minimum-norm attack more steps (eps_grid.min_norm.steps), or measure the curve "
+        "with attacks at each eps (eps_grid.min_norm: null, eps_grid.attacks: [apgd-ce]).",
+        details,
+    )
 
 
 def grid_worst_case(out: Outcome, plan: EvaluationPlan) -> dict[float, float]:
     """Accuracy under the worst case of the grid attacks (only those) at every grid eps: the
     eps curve of the report and of the sanity checks."""
     names = plan.grid_attacks or []
-    return {
-        eps: fraction(worst_case(out.clean, {n: out.robust[eps][n] for n in names}))
-        for eps in plan.grid_eps
-    }
+    norms = effective_min_norm(out, plan) if out.min_norm is not None else None
+    curve = {}
+    for eps in plan.grid_eps:
+        mask = worst_case(out.clean, {n: out.robust[eps][n] for n in names})
+        if norms is not None:
+            mask &= robust_beyond(norms, eps)
+        curve[eps] = fraction(mask)
+    return curve
 
 
 def worst_case(clean: Tensor, masks: Mapping[str, Tensor]) -> Tensor:
@@ -315,6 +393,8 @@ def run_evaluation(
 
     out.clean = _cat(runner.phase("clean", out.batches, clean_unit, "clean", "clean"), "clean")
     _attacks(model, plan, runner, xb, out)
+    if plan.min_norm is not None:
+        _min_norm(model, plan, runner, xb, out)
     _bounds(model, plan, runner, xb, out)
     if plan.smoothing is not None:
         _smoothing(model, plan, runner, xb, out)
@@ -326,9 +406,12 @@ def run_evaluation(
 
 __all__ = [
     "Outcome",
+    "effective_min_norm",
     "fraction",
     "grid_worst_case",
+    "min_norm_flag",
     "result_flags",
+    "robust_beyond",
     "run_evaluation",
     "worst_case",
 ]

@@ -96,6 +96,11 @@ class EvaluationPlan:
         specs: Name → the attack's configuration (target and parameters), for the report.
         grid_factors: Robust accuracy is also measured at ``factor * threat.eps``.
         grid_attacks: The attacks run along the grid (names from ``attacks``).
+        min_norm: A minimum-norm attack (:class:`~advtrain.attacks.FMN`, anything with a
+            ``min_norm(model, x, y)`` method) whose per-example smallest adversarial norms give
+            the eps curve at every grid eps from one run, capped at ``threat.eps`` by the main
+            attacks (the curve never claims more than they measured there); ``None``: none.
+        min_norm_spec: Its configuration, for the report.
         bound_methods: Bound-propagation certificates (:data:`BOUND_METHODS`).
         bounds_on_grid: Certify at every grid eps too (else only at ``threat.eps``).
         bounds_batch_size: Examples per bound-propagation pass.
@@ -110,6 +115,8 @@ class EvaluationPlan:
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid_factors: list[float] = field(default_factory=list)
     grid_attacks: list[str] | None = None
+    min_norm: Any = None
+    min_norm_spec: dict[str, Any] = field(default_factory=dict)
     bound_methods: list[str] = field(default_factory=list)
     bounds_on_grid: bool = False
     bounds_batch_size: int = 64
@@ -134,6 +141,18 @@ class EvaluationPlan:
                 f"eps_grid.attacks names unknown attacks {unknown}; have {list(self.attacks)}"
             )
         self.grid_attacks = [str(a) for a in names]
+        if self.min_norm is not None:
+            if not callable(getattr(self.min_norm, "min_norm", None)):
+                raise TypeError(
+                    "eps_grid.min_norm must build a minimum-norm attack with a min_norm(model, x, "
+                    f"y) method (e.g. advtrain.attacks.FMN), got {type(self.min_norm).__name__}"
+                )
+            norm = getattr(self.min_norm, "norm", self.threat.norm)
+            if str(norm) != self.threat.norm:
+                raise ValueError(
+                    f"eps_grid.min_norm.norm={norm} differs from threat.norm={self.threat.norm}; "
+                    "the curve follows the threat model: leave its norm unset"
+                )
         bad = [m for m in self.bound_methods if m not in BOUND_METHODS]
         if bad:
             raise ValueError(f"certify.bounds.methods: unknown {bad}; choose from {BOUND_METHODS}")
@@ -141,6 +160,12 @@ class EvaluationPlan:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+    @property
+    def min_norm_name(self) -> str:
+        """The minimum-norm attack's name among the attacks at the threat model's eps."""
+        name = str(getattr(self.min_norm, "name", "min-norm"))
+        return f"{name}-curve" if name in self.attacks else name
 
     @property
     def grid_eps(self) -> list[float]:
@@ -178,6 +203,7 @@ class EvaluationPlan:
                 "factors": self.grid_factors,
                 "eps": self.grid_eps,
                 "attacks": self.grid_attacks,
+                "min_norm": self.min_norm_spec if self.min_norm is not None else None,
             },
             "certify": {
                 "bounds": {

@@ -15,7 +15,13 @@ import torch
 from torch import Tensor
 
 from advtrain.evaluation.flags import sanity_section
-from advtrain.evaluation.pipeline import Outcome, fraction, grid_worst_case, worst_case
+from advtrain.evaluation.pipeline import (
+    Outcome,
+    effective_min_norm,
+    fraction,
+    grid_worst_case,
+    worst_case,
+)
 from advtrain.evaluation.plan import EvaluationPlan
 from advtrain.metrics.certified import certified_accuracy
 
@@ -55,6 +61,17 @@ def _attack_entries(out: Outcome, plan: EvaluationPlan) -> dict[str, Any]:
                 for m, mask in out.members[name].items()
             ]
         entries[name] = entry
+    if out.min_norm is not None:
+        name = plan.min_norm_name
+        spec = plan.min_norm_spec
+        entries[name] = {
+            "target": str(spec.get("_target_", type(plan.min_norm).__qualname__)),
+            "params": {k: v for k, v in spec.items() if k != "_target_"},
+            "description": repr(plan.min_norm) + " (minimum norm; also the eps curve)",
+            "accuracy": fraction(main[name]),
+            "correct": int(main[name].sum()),
+            "seconds": out.attack_seconds.get(name, 0.0),
+        }
     return entries
 
 
@@ -65,7 +82,33 @@ def _eps_grid(out: Outcome, plan: EvaluationPlan) -> dict[str, Any]:
         for name in names:
             acc[name].append(fraction(out.robust[eps][name]))
     acc["worst_case"] = list(grid_worst_case(out, plan).values())
-    return {"factors": plan.grid_factors, "eps": plan.grid_eps, "attacks": names, "accuracy": acc}
+    grid = {"factors": plan.grid_factors, "eps": plan.grid_eps, "attacks": names, "accuracy": acc}
+    if out.min_norm is not None:
+        norms = effective_min_norm(out, plan)[out.clean]
+        finite = norms[torch.isfinite(norms)]
+        grid["min_norm"] = {
+            "attack": plan.min_norm_name,
+            "capped_by": [n for n in out.robust[plan.threat.eps] if n != plan.min_norm_name],
+            # None where no example or where over half of them had no adversarial point found
+            "median": float(norms.median())
+            if norms.numel() and bool(torch.isfinite(norms.median()))
+            else None,
+            "found": int(finite.numel()),
+        }
+    return grid
+
+
+def _curve_label(grid: Mapping[str, Any], plan: EvaluationPlan) -> str:
+    """What the eps curve measures, for the report and the figure."""
+    parts = []
+    if grid.get("min_norm"):
+        parts.append(
+            f"minimum-norm {grid['min_norm']['attack']} (one run; at eps >= {plan.threat.eps:g} "
+            "at most the worst case of " + ", ".join(grid["min_norm"]["capped_by"]) + ")"
+        )
+    if grid["attacks"]:
+        parts.append("worst case of " + ", ".join(grid["attacks"]))
+    return " and ".join(parts)
 
 
 def _smoothing(out: Outcome, plan: EvaluationPlan) -> dict[str, Any] | None:
@@ -162,9 +205,7 @@ def report_sections(
             {"eps": e, "accuracy": a}
             for e, a in zip(grid["eps"], grid["accuracy"]["worst_case"], strict=True)
         ],
-        "eps_curve_attack": "worst case of " + ", ".join(grid["attacks"])
-        if grid["attacks"]
-        else "",
+        "eps_curve_attack": _curve_label(grid, plan),
         "eps_grid": grid,
         "per_class": per_class(out.labels, masks, out.num_classes),
         "certified": _certified(out, plan, robust.get("worst_case")),

@@ -220,6 +220,19 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "factors": _NUM_LIST,
                 "eps": _NUM_LIST,
                 "attacks": {"type": "array", "items": {"type": "string"}},
+                "min_norm": {
+                    "type": ["object", "null"],
+                    "description": "the minimum-norm attack behind the curve: its name, the "
+                    "attacks capping it at the threat eps, the median smallest adversarial norm "
+                    "of the correctly classified examples, how many had one found",
+                    "required": ["attack", "capped_by", "median", "found"],
+                    "properties": {
+                        "attack": {"type": "string"},
+                        "capped_by": {"type": "array", "items": {"type": "string"}},
+                        "median": {"type": ["number", "null"], "minimum": 0},
+                        "found": _COUNT,
+                    },
+                },
                 "accuracy": {
                     "type": "object",
                     "description": "attack name (and worst_case) -> accuracy at each eps",

@@ -226,3 +226,20 @@ def test_fab_properties(problem, data):
     if targeted:
         kw["n_target_classes"] = data.draw(st.integers(1, min(3, problem["classes"] - 1)))
     check_attack(lambda: FAB(**kw), problem)
+
+
+@_settings(150)
+@given(problem=problems(), data=st.data())
+def test_fmn_properties(problem, data):
+    from advtrain.attacks import FMN
+
+    kw = _common(data.draw, problem, tuple(FMN.supported_norms))
+    kw.update(steps=data.draw(st.integers(1, 6)))
+    check_attack(lambda: FMN(**kw), problem)
+    # The minimum-norm search: non-negative norms, 0 exactly where the model is already wrong,
+    # the same on a second call, and the model left as it was (checked again by check_attack).
+    model, x, y = problem["model"], problem["x"], problem["y"]
+    norms = FMN(**kw).min_norm(model, x, y)
+    assert norms.shape == (x.shape[0],) and bool((norms >= 0).all())
+    assert torch.equal(norms, FMN(**kw).min_norm(model, x, y))
+    check_attack(lambda: FMN(**kw), problem)

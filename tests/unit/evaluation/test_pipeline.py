@@ -173,3 +173,70 @@ def test_a_rapid_autoattack_on_a_sound_model_reports_its_protocol() -> None:
     assert protocol["version"] == "rapid"
     assert protocol["escalated"] == (protocol["reason"] is not None)
     assert [m["name"] for m in sections["attacks"]["aa"]["members"]] == list(RAPID_NAMES)
+
+
+def test_a_min_norm_curve_is_capped_by_the_main_attacks_and_counts_at_threat_eps() -> None:
+    """The FMN curve: one run gives every grid eps; at and beyond threat.eps it never claims more
+    than the main attacks measured; FMN itself is one more attack at threat.eps."""
+    from advtrain.attacks import FMN
+
+    model, x, y = _model_and_data()
+    plan = _plan(
+        grid_factors=[0.0, 0.5, 1.0, 2.0],
+        grid_attacks=[],
+        bound_methods=[],
+        min_norm=FMN(eps=0.1, steps=30),
+        min_norm_spec={"_target_": "advtrain.attacks.FMN", "steps": 30},
+    )
+    out = run_evaluation(model, x, y, plan)
+    sections = report_sections(out, plan)
+    curve = [p["accuracy"] for p in sections["eps_curve"]]
+    robust = sections["robust_accuracy"]
+    assert curve[0] == sections["clean_accuracy"]
+    assert curve == sorted(curve, reverse=True), "a threshold on per-example norms is monotone"
+    assert curve[2] <= robust["worst_case"] and curve[3] <= curve[2]
+    assert "fmn" in robust and robust["worst_case"] <= robust["fmn"]
+    assert sections["attacks"]["fmn"]["target"] == "advtrain.attacks.FMN"
+    grid = sections["eps_grid"]
+    assert grid["min_norm"]["attack"] == "fmn"
+    assert set(grid["min_norm"]["capped_by"]) == {"pgd", "square"}
+    assert "minimum-norm fmn" in sections["eps_curve_attack"]
+    flags = {f["code"]: f for f in sections["sanity"]["flags"]}
+    assert "weak_min_norm_curve" in flags
+
+
+def test_a_min_norm_attack_weaker_than_the_main_attacks_is_flagged() -> None:
+    """FMN with one step finds little; PGD finds more at threat.eps: the curve beyond threat.eps
+    may be too high, and the report says so."""
+    from advtrain.attacks import FMN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    x = torch.rand(64, 1, 3, 4)
+    with torch.no_grad():  # steep, balanced classes: PGD at eps 0.05 fools about half
+        model[1].weight.normal_(0, 3.0)
+        model[1].bias.copy_(-model(x).mean(0))
+        y = model(x).argmax(1)
+    threat = ThreatModel("linf", 0.05, (0.0, 1.0))
+    plan = EvaluationPlan(
+        threat=threat,
+        attacks={"pgd": PGD(eps=0.05, steps=20, seed=1)},
+        grid_factors=[0.5, 1.0, 1.5],
+        grid_attacks=[],
+        min_norm=FMN(eps=0.05, steps=1, alpha_init=1e-4),
+        batch_size=32,
+    )
+    out = run_evaluation(model, x, y, plan)
+    flags = {f["code"]: f for f in report_sections(out, plan)["sanity"]["flags"]}
+    flag = flags["weak_min_norm_curve"]
+    assert flag["triggered"], flag
+    assert flag["details"]["min_norm_accuracy"] > flag["details"]["main_accuracy"] + 0.03
+
+
+def test_a_min_norm_attack_must_have_min_norm_and_the_threat_norm() -> None:
+    from advtrain.attacks import FMN
+
+    with pytest.raises(TypeError, match="min_norm"):
+        _plan(min_norm=PGD(eps=0.1))
+    with pytest.raises(ValueError, match=r"threat\.norm"):
+        _plan(min_norm=FMN(eps=0.1, norm="l2"))
