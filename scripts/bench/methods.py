@@ -39,6 +39,7 @@ from .timing import markdown_table, print_machine, quiet_lightning, rotation, se
 
 #: The final evaluation is not what is timed here; keep it to a token PGD-1 on 16 digits.
 SHRINK_EVALUATION = [
+    "evaluation=standard",
     "evaluation.n_examples=16",
     "~evaluation.attacks.autoattack",
     "evaluation.attacks.pgd-50x5.steps=1",

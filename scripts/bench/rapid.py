@@ -1,18 +1,15 @@
 """AutoAttack ``version="rapid"`` against AutoAttack standard, measured in the same run.
 
-For each model, on the 360 held-out sklearn digits at Linf eps 0.2: the robust accuracy of both
-protocols (the issue's bar: rapid at most standard + 0.3 points) and the wall-clock ratio
-rapid / standard over interleaved pairs (median with its 95% interval; target <= 1/3), and
-whether rapid escalated to the standard ensemble. Models:
-
-* ``standard``: a SmallCNN trained without attack (not robust);
-* ``madry``: Madry et al.'s PGD-AT (eps 0.2, hand-written loop, :func:`baselines.train_madry`);
-* ``masked``: the standard model behind an input quantiser (zero input gradients): white-box
-  attacks fail, so rapid must escalate and give the standard ensemble's number.
+For each model of :mod:`scripts.bench.zoo` (standard, Madry PGD-AT, TRADES, Fast-AT, IBP-trained
+and a model with masked gradients), on 360 digits (``--split test``, the default, or ``val``: the
+validation split the protocol's settings were chosen on) at Linf eps 0.2: the robust accuracy of
+both protocols (the issue's bar: rapid at most standard + 0.3 points), whether rapid escalated,
+and the wall-clock ratio rapid / standard over interleaved pairs (median with its 95% interval;
+target <= 1/3).
 
 Example (from the repository root)::
 
-    python -m scripts.bench.rapid --repeats 3 --epochs 30
+    python -m scripts.bench.rapid --repeats 3 --epochs 30 --cache /tmp/zoo
 """
 
 from __future__ import annotations
@@ -24,29 +21,10 @@ from torch import Tensor, nn
 
 from advtrain.attacks import AutoAttack
 
-from .baselines import frozen, sklearn_digits, train_madry
+from . import zoo
 from .timing import interleaved_pairs, markdown_table, print_machine, set_threads
 
-EPS = 0.2
-
-
-class Quantize(nn.Module):
-    """``round(4x) / 4``: a zero input gradient everywhere."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.round(x * 4) / 4
-
-
-def models(epochs: int) -> dict[str, nn.Module]:
-    """The three models of the module docstring (eval mode, frozen)."""
-    x_tr, y_tr, _, _ = sklearn_digits()
-    standard = frozen(train_madry(x_tr, y_tr, eps=0.0, epochs=max(1, epochs // 2), steps=1))
-    madry = frozen(train_madry(x_tr, y_tr, eps=EPS, epochs=epochs))
-    return {
-        "standard": standard,
-        "madry": madry,
-        "masked": nn.Sequential(Quantize(), standard).eval(),
-    }
+EPS = zoo.EPS
 
 
 def compare(model: nn.Module, x: Tensor, y: Tensor, repeats: int, queries: int) -> list[object]:
@@ -77,17 +55,21 @@ def main() -> None:
     """Command line: ``--repeats``, ``--epochs``, ``--queries``, ``--threads``, ``--n``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved pairs per model")
-    parser.add_argument("--epochs", type=int, default=30, help="PGD-AT epochs of the madry model")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs of each model")
+    parser.add_argument("--models", nargs="+", default=list(zoo.NAMES), choices=zoo.NAMES)
+    parser.add_argument("--split", default="test", choices=("test", "val"))
+    parser.add_argument("--cache", default=None, help="folder caching the trained models")
     parser.add_argument("--queries", type=int, default=5000, help="Square's query budget")
     parser.add_argument("--n", type=int, default=360, help="test digits evaluated")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     set_threads(args.threads)
     print_machine()
-    _, _, x, y = sklearn_digits()
+    x, y = zoo.splits()[args.split]
     x, y = x[: args.n], y[: args.n]
     rows = []
-    for name, model in models(args.epochs).items():
+    for name in args.models:
+        model = zoo.load(name, args.epochs, args.cache)
         rows.append([name, *compare(model, x, y, args.repeats, args.queries)])
         print(f"{name}: done", flush=True)
     headers = ["model", "clean", "AA standard", "AA rapid", "escalated", "standard time"]

@@ -29,16 +29,9 @@ from advtrain.modes import BNMode, model_state_guard
 from advtrain.validation import check_positive_int
 
 VERSIONS: tuple[str, ...] = ("standard", "plus", "fast", "rapid", "custom")
-#: The rapid protocol's members, its gradient-masking check and the standard members it escalates
-#: to (Linf and L2).
-RAPID_NAMES: tuple[str, ...] = (
-    "apgd-ce",
-    "apgd-t-malt",
-    "square-check",
-    "apgd-t",
-    "fab-t",
-    "square",
-)
+#: The rapid protocol's members, its gradient-masking check and the member it escalates to: the
+#: standard version's Square (Linf and L2).
+RAPID_NAMES: tuple[str, ...] = ("apgd-ce", "apgd-t-malt", "square-check", "square")
 
 ATTACK_NAMES: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -144,10 +137,13 @@ class AutoAttack(Attack):
     * ``"rapid"``: the standard version's verdict at a fraction of its time: APGD-CE, then APGD-T
       on 4 targets ranked by MALT (the nearest linearised boundary, Melamed et al. 2024) instead
       of 9 by logit, then a gradient-masking check: Square with a fifth of ``n_queries`` (at
-      least 500) on a quarter of the still-robust examples. If Square fools any of them, the
-      white-box attacks are not to be trusted here and the protocol escalates: the standard
-      members (APGD-T on 9 targets, FAB-T, Square) run on every still-robust example
-      (:attr:`AutoAttackResult.escalated` says so).
+      least 500) on a quarter of the still-robust examples. If Square fools any of them, a
+      black-box attack finds what the white-box ones miss and the protocol escalates to the
+      standard version's black-box member: Square with all ``n_queries`` on every still-robust
+      example (:attr:`AutoAttackResult.escalated` says so). The standard version's other members
+      (APGD-T on 9 targets, FAB-T) are white-box: where gradients are in doubt they add nothing,
+      and where the model checks say gradients cannot be trusted the evaluation pipeline runs the
+      whole standard ensemble instead (:meth:`escalated`).
     * ``"custom"``: the attacks given in ``attacks``.
 
     L1 (as in the reference): ``"standard"`` is l1-APGD-CE (5 restarts) and l1-APGD-T (5 targets),
@@ -216,7 +212,7 @@ class AutoAttack(Attack):
             # through fewer queries (most of Square's successes come early) on a subsample.
             check_queries = max(CHECK_MIN_QUERIES, self.n_queries // 5)
             self.check = self._make("square", n_queries=check_queries)
-            self.escalation = [self._make("apgd-t"), self._make("fab-t"), self._make("square")]
+            self.escalation = [self._make("square")]
         names = [a.name for a in self.attacks]
         self.attack_names = tuple(
             n if names.count(n) == 1 else f"{n}#{names[: i + 1].count(n)}"
@@ -344,8 +340,23 @@ class AutoAttack(Attack):
             if name in state.get("attacks", {}):
                 attack.load_state_dict(state["attacks"][name])
 
+    def escalation_attack(self) -> AutoAttack:
+        """What ``"rapid"`` escalates to where its check fired: the standard version's Square
+        (all ``n_queries``), as an ensemble of one with this one's settings."""
+        return AutoAttack(
+            eps=self.eps,
+            norm=self.norm,
+            version="custom",
+            attacks=[self._make("square")],
+            bounds=self.bounds,
+            seed=self.seed,
+            n_queries=self.n_queries,
+            bn_mode=self.bn_mode,
+        )
+
     def escalated(self) -> AutoAttack:
-        """The standard version with this one's settings (what ``"rapid"`` escalates to)."""
+        """The standard version with this one's settings (what ``"rapid"`` escalates to when the
+        model checks say white-box attacks cannot be trusted)."""
         return AutoAttack(
             eps=self.eps,
             norm=self.norm,

@@ -136,9 +136,10 @@ def _run_attack(
     name: str,
     eps: float,
 ) -> tuple[list[dict[str, Any]], Tensor, dict[str, Any] | None]:
-    """One attack at ``eps`` on every batch; a ``"rapid"`` AutoAttack whose Square check fired
-    on some batch is escalated to the standard version on every other batch too (Croce & Hein's
-    full ensemble wherever the cheap protocol's verdict is in doubt)."""
+    """One attack at ``eps`` on every batch. A ``"rapid"`` AutoAttack whose Square check fired on
+    some batch escalated there to the standard version's Square (all its queries); it runs on
+    every other batch too, so no example is judged by the cheap protocol alone once a black-box
+    attack is known to find what the white-box ones miss."""
     attack, reason = _protocol(plan.attacks[name], out.flags)
     everything = list(range(len(out.batches)))
     results = _attack_phase(model, plan, runner, xb, (name, attack, eps, ""), everything)
@@ -150,9 +151,12 @@ def _run_attack(
             f"{len(results)} batches"
         )
         rest = [b for b in everything if b not in fired]
-        spec = (name, attack.escalated(), eps, "/escalated")
+        spec = (name, attack.escalation_attack(), eps, "/escalated")
         for b, r in zip(rest, _attack_phase(model, plan, runner, xb, spec, rest), strict=True):
             parts[b] = parts[b] & r["robust"]
+            members = results[b].get("members")
+            if members and "square" in members:  # the escalation member, now run here too
+                members["square"] = members["square"] & r["robust"]
     protocol = None
     if getattr(plan.attacks[name], "version", None) == "rapid":
         protocol = {"version": "rapid", "escalated": reason is not None, "reason": reason}

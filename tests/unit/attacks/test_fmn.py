@@ -85,6 +85,7 @@ def test_called_as_an_attack_it_stays_in_the_ball_and_matches_apgd_on_a_linear_m
         ({"alpha_init": -1.0}, ValueError, "alpha_init"),
         ({"alpha_init": "big"}, TypeError, "alpha_init"),
         ({"norm": "l0"}, ValueError, "norm"),
+        ({"direction": "dlr"}, ValueError, "direction"),
     ],
 )
 def test_bad_settings_get_a_clear_error(kwargs: dict, error: type, match: str) -> None:
