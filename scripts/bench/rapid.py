@@ -10,6 +10,9 @@ target <= 1/3).
 Example (from the repository root)::
 
     python -m scripts.bench.rapid --repeats 3 --epochs 30 --cache /tmp/zoo
+
+``--reference-path DIR`` (a checkout of github.com/fra31/auto-attack, imported from there only,
+never installed) adds the reference AutoAttack standard on the same model and digits, once.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ from torch import Tensor, nn
 from advtrain.attacks import AutoAttack
 
 from . import zoo
+from .compare_reference_autoattack import load_reference, run_reference
 from .timing import interleaved_pairs, markdown_table, print_machine, set_threads
 
 EPS = zoo.EPS
+
+
+def reference_row(ref: object, model: nn.Module, x: Tensor, y: Tensor) -> list[object]:
+    """The reference AutoAttack standard on the same model and digits: accuracy and time."""
+    x_adv, wall, _, _ = run_reference(ref, model, x, y, EPS, seed=0, bs=len(y))
+    with torch.no_grad():
+        acc = float((model(x_adv).argmax(1) == y).float().mean())
+    return [f"{acc:.1%}", f"{wall:.1f} s"]
 
 
 def compare(model: nn.Module, x: Tensor, y: Tensor, repeats: int, queries: int) -> list[object]:
@@ -62,7 +74,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000, help="Square's query budget")
     parser.add_argument("--n", type=int, default=360, help="test digits evaluated")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--reference-path",
+        default=None,
+        help="a fra31/auto-attack checkout: its AutoAttack standard runs once per model too",
+    )
     args = parser.parse_args()
+    ref = None if args.reference_path is None else load_reference(args.reference_path)
     set_threads(args.threads)
     print_machine()
     x, y = zoo.splits()[args.split]
@@ -70,10 +88,15 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = zoo.load(name, args.epochs, args.cache)
-        rows.append([name, *compare(model, x, y, args.repeats, args.queries)])
+        row = [name, *compare(model, x, y, args.repeats, args.queries)]
+        if ref is not None:
+            row += reference_row(ref, model, x, y)
+        rows.append(row)
         print(f"{name}: done", flush=True)
     headers = ["model", "clean", "AA standard", "AA rapid", "escalated", "standard time"]
     headers += ["rapid time", "rapid / standard (median, 95% CI)"]
+    if ref is not None:
+        headers += ["reference standard", "reference time"]
     print(markdown_table(headers, rows))
 
 

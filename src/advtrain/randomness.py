@@ -78,6 +78,9 @@ class Draws:
         self.seed = 0
         self.ids: Tensor | None = None
         self.prefix: tuple[int, ...] = ()
+        # Parts of the hash that do not change between draws: per id, per element count.
+        self._id_hash: Tensor | None = None
+        self._element_hash: dict[int, Tensor] = {}
 
     @classmethod
     def per_example(
@@ -112,9 +115,13 @@ class Draws:
         if rows != self.ids.numel():
             raise ValueError(f"{rows} rows drawn for a batch of {self.ids.numel()} examples")
         per_row = math.prod(int(s) for s in shape[1:])
-        base = hash32((self.ids * _GOLDEN + self.seed) & _MASK)
-        base = hash32(base ^ key_hash((*self.prefix, *key)))
-        elements = hash32((torch.arange(per_row, device=self.device) + _GOLDEN) & _MASK)
+        if self._id_hash is None:
+            self._id_hash = hash32((self.ids * _GOLDEN + self.seed) & _MASK)
+        base = hash32(self._id_hash ^ key_hash((*self.prefix, *key)))
+        elements = self._element_hash.get(per_row)
+        if elements is None:
+            elements = hash32((torch.arange(per_row, device=self.device) + _GOLDEN) & _MASK)
+            self._element_hash[per_row] = elements
         return hash32(base.view(-1, 1) ^ elements.view(1, -1)).view(*[int(s) for s in shape])
 
     def _uniform(self, shape: Sequence[int], dtype: torch.dtype, key: Sequence[int]) -> Tensor:

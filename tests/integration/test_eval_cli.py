@@ -439,3 +439,31 @@ def test_console_script_runs(trained: dict[str, Any], tmp_path: Path) -> None:
     assert "clean" in done.stdout and "ledger" in done.stdout
     assert (tmp_path / "out" / "report.html").is_file()
     assert len(ledger.read_text().splitlines()) == 1
+
+
+def test_the_eps_curve_from_one_fmn_run(trained: dict[str, Any], tmp_path: Path) -> None:
+    """``attacks@eps_grid.min_norm=fmn``: the curve from one minimum-norm run, capped at the
+    threat eps by the main attacks, FMN among the attacks, in every format of the report."""
+    overrides = [
+        *FAST,
+        f"ckpt_path={trained['ckpt']}",
+        "attacks@eps_grid.min_norm=fmn",
+        "eps_grid.attacks=[]",
+        "eps_grid.min_norm.fmn.steps=20",
+        "eps_grid.factors=[0,0.5,1,2]",
+        "certify.bounds.methods=[]",
+        "certify.smoothing.sigma=null",
+    ]
+    report = run(compose("eval", overrides, str(tmp_path)))
+    assert validate_report(report) == []
+    curve = [p["accuracy"] for p in report["eps_curve"]]
+    assert curve == sorted(curve, reverse=True) and curve[0] == report["clean_accuracy"]
+    assert curve[2] <= report["robust_accuracy"]["worst_case"]
+    assert curve[3] < curve[2], "twice the eps fools more of a briefly trained model"
+    assert "fmn" in report["robust_accuracy"]
+    assert report["attacks"]["fmn"]["target"] == "advtrain.attacks.FMN"
+    assert report["eps_grid"]["min_norm"]["capped_by"] == ["pgd-50x5"]
+    assert report["settings"]["eps_grid"]["min_norm"]["steps"] == 20
+    assert "minimum-norm fmn" in (tmp_path / "report.md").read_text()
+    flags = {f["code"] for f in report["sanity"]["flags"]}
+    assert "weak_min_norm_curve" in flags

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.apgd import APGD
 from advtrain.attacks.base import Attack
-from advtrain.attacks.ensemble_run import CHECK_MIN_QUERIES, EnsembleRun, subsample
+from advtrain.attacks.ensemble_run import CHECK_MIN_QUERIES, EnsembleRun, closest_calls
 from advtrain.modes import BNMode, model_state_guard
 from advtrain.validation import check_positive_int
 
@@ -136,11 +136,14 @@ class AutoAttack(Attack):
       it is not the published evaluation).
     * ``"rapid"``: the standard version's verdict at a fraction of its time: APGD-CE, then APGD-T
       on 4 targets ranked by MALT (the nearest linearised boundary, Melamed et al. 2024) instead
-      of 9 by logit, then a gradient-masking check: Square with a fifth of ``n_queries`` (at
-      least 500) on a quarter of the still-robust examples. If Square fools any of them, a
-      black-box attack finds what the white-box ones miss and the protocol escalates to the
-      standard version's black-box member: Square with all ``n_queries`` on every still-robust
-      example (:attr:`AutoAttackResult.escalated` says so). The standard version's other members
+      of 9 by logit, then a gradient-masking check: Square (a fifth of ``n_queries``, at least
+      500) on the tenth of the still-robust examples (at least 16) that the white-box members
+      came closest to fooling (smallest DLR margin), where a black-box attack's extra successes
+      concentrate. If
+      Square fools any of them, a black-box attack finds what the white-box ones miss and the
+      protocol escalates to the standard version's black-box member: Square on every other
+      still-robust example (:attr:`AutoAttackResult.escalated` says so). The check set is
+      chosen within each call (batch). The standard version's other members
       (APGD-T on 9 targets, FAB-T) are white-box: where gradients are in doubt they add nothing,
       and where the model checks say gradients cannot be trusted the evaluation pipeline runs the
       whole standard ensemble instead (:meth:`escalated`).
@@ -208,10 +211,11 @@ class AutoAttack(Attack):
         self.check: Attack | None = None
         self.escalation: list[Attack] = []
         if self.version == "rapid" and self.norm != "l1":
-            # Square's cost is its sequential queries more than the batch: the check is cheap
-            # through fewer queries (most of Square's successes come early) on a subsample.
-            check_queries = max(CHECK_MIN_QUERIES, self.n_queries // 5)
-            self.check = self._make("square", n_queries=check_queries)
+            # Square on the examples the white-box members came closest to fooling (where its
+            # successes concentrate), with a fifth of its queries: its cost on a CPU is its
+            # sequential queries more than its batch. Escalation: Square on all the others.
+            queries = max(CHECK_MIN_QUERIES, self.n_queries // 5)
+            self.check = self._make("square", n_queries=queries)
             self.escalation = [self._make("square")]
         names = [a.name for a in self.attacks]
         self.attack_names = tuple(
@@ -426,13 +430,13 @@ class AutoAttack(Attack):
         for name, attack in main:
             self._member(run, name, attack)
         escalated = False
-        if self.check is not None:  # "rapid": Square on a subsample, escalate if it finds more
-            sub = subsample(run.robust.nonzero().squeeze(1))
+        if self.check is not None:  # "rapid": Square on the closest calls; escalate if it fools
+            sub = closest_calls(run)
             before = int(run.robust.sum())
             self._member(run, RAPID_NAMES[2], self.check, only=sub)
             escalated = int(run.robust.sum()) < before
             for name, attack in members[len(self.attacks) + 1 :]:
-                if escalated:
+                if escalated:  # all the queries on every still-robust example, as standard
                     self._member(run, name, attack)
                 else:
                     run.skip(name)

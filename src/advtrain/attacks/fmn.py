@@ -160,6 +160,7 @@ class FMN(Attack):
         radius = torch.full_like(worst, math.inf)
         alpha_init, alpha_final = self.step_sizes(x[0].numel())
         delta = torch.zeros_like(x) if start is None else (start - x).detach()
+        all_found = False
         for i in range(steps + 1):
             delta.requires_grad_(True)
             logits = model(x + delta)
@@ -176,21 +177,29 @@ class FMN(Attack):
             found |= adv
             if i == steps:  # the last iterate is checked, not moved
                 break
-            # The boundary estimate needs the logit difference's gradient; the step goes along
-            # the cross-entropy's (direction="ce") or the same one (the paper's "margin").
+            # The boundary estimate needs the logit difference's gradient, but only until every
+            # example has had an adversarial point (then the ball moves by gamma alone); the
+            # step goes along the cross-entropy's (direction="ce") or the same gradient.
             ce = self.direction == "ce"
-            (grad,) = torch.autograd.grad(loss.sum(), delta, retain_graph=ce)
+            searching_any = not ce or not all_found
+            grad = None
+            if searching_any:
+                (grad,) = torch.autograd.grad(loss.sum(), delta, retain_graph=ce)
             if ce:
                 target = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
                 (direction,) = torch.autograd.grad(target, delta)
             else:
                 direction = grad
+            all_found = all_found or bool(found.all())  # one host sync per step until true
             delta = delta.detach()
             cosine = (1 + math.cos(math.pi * i / steps)) / 2
             alpha = alpha_final + (alpha_init - alpha_final) * cosine
             gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
-            dual = grad.flatten(1).norm(p=DUAL_P[self.norm], dim=1).clamp_min(1e-12)
-            estimate = norm + loss.detach().abs() / dual
+            if grad is None:  # every example found: the estimate is not used
+                estimate = norm
+            else:
+                dual = grad.flatten(1).norm(p=DUAL_P[self.norm], dim=1).clamp_min(1e-12)
+                estimate = norm + loss.detach().abs() / dual
             # Before the first adversarial point the ball follows the linear estimate, but never
             # shrinks (a deviation from the paper: where the estimate is optimistic the ball
             # stalled just short of the boundary and the example was never attacked; a point on

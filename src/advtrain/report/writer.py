@@ -234,6 +234,8 @@ def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
     if grid and grid.get("eps"):
         names = list(grid["accuracy"])
         out = ["", "## Robust accuracy against eps", ""]
+        if report.get("eps_curve_attack"):
+            out += [f"Worst case: {escape_md(report['eps_curve_attack'])}.", ""]
         out.append("| eps | " + " | ".join(escape_md(n.replace("_", " ")) for n in names) + " |")
         out.append("|---|" + "---|" * len(names))
         for i, eps in enumerate(grid["eps"]):

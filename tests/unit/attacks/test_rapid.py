@@ -1,8 +1,8 @@
 """AutoAttack ``version="rapid"`` and MALT target ranking.
 
 The rapid protocol must give AutoAttack standard's verdict (at most 0.3 points weaker, here on the
-Madry digits model and a standard model) and must escalate to the standard ensemble where its
-gradient-masking check (Square on a subsample) finds what the white-box members missed.
+Madry digits model and a standard model) and must escalate where its gradient-masking check
+(Square on the examples the white-box members came closest to fooling) finds what they missed.
 """
 
 from __future__ import annotations
@@ -103,3 +103,31 @@ def test_rapid_state_and_eps_reach_every_member() -> None:
     assert set(rapid.state_dict()["attacks"]) == set(RAPID_NAMES)
     standard = rapid.escalated()
     assert standard.version == "standard" and standard.eps == 0.2 and standard.seed == 3
+
+
+def test_the_check_set_is_the_closest_calls_by_dlr_margin() -> None:
+    """The Square check attacks the still-robust examples with the smallest DLR margin (the
+    scale-free margin of Croce & Hein's DLR loss), at least 16 of them."""
+    from advtrain.attacks.ensemble_run import CHECK_MIN, EnsembleRun, closest_calls, dlr_margin
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [3.0, 2.9, 0.0], [0.0, 5.0, 4.0]])
+    y = torch.tensor([0, 0, 1])
+    expected = torch.tensor([2 / 3, 0.1 / 3, 1 / 5])
+    assert torch.allclose(dlr_margin(logits, y), expected)
+    assert torch.allclose(dlr_margin(logits * 7.0, y), expected), "scale-free"
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).eval()
+    x = torch.rand(200, 1, 3, 4)
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    run = EnsembleRun(model, x, y, torch.ones(200, dtype=torch.bool), 5, verbose=False)
+    run.robust[:50] = False  # fooled already: never checked
+    picked = closest_calls(run)
+    assert picked.numel() == max(CHECK_MIN, 15) and bool((picked >= 50).all())
+    margins = dlr_margin(z, y)
+    others = torch.ones(200, dtype=torch.bool)
+    others[:50] = False
+    others[picked] = False
+    assert float(margins[picked].max()) <= float(margins[others].min())
