@@ -203,6 +203,8 @@ def _expand_aa(result: AutoAttackResult, idx: Tensor, n: int) -> AutoAttackResul
         robust_after={k: full(v) for k, v in result.robust_after.items()},
         robust=full(result.robust),
         seconds=dict(result.seconds),
+        protocol=result.protocol,
+        escalated=result.escalated,
     )
 
 

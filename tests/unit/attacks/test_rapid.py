@@ -70,9 +70,10 @@ def test_rapid_matches_standard_on_the_madry_model(results: dict[str, object]) -
     assert (results["rapid_adv"] - x).abs().amax() <= EPS + 1e-6
 
 
-def test_the_masked_model_escalates_to_the_standard_ensemble() -> None:
+def test_the_masked_model_escalates_to_square_on_every_example() -> None:
     """Quantised inputs give white-box attacks a zero gradient: the Square check fools examples
-    they missed, so the rapid protocol runs the standard members on everything still robust."""
+    they missed, so the rapid protocol runs Square with all its queries on everything still
+    robust, and its number is no weaker than AutoAttack standard's."""
     _, _, x, y = digits()
     x, y = x[:96], y[:96]
     masked = quantized_cnn()

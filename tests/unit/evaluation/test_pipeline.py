@@ -158,6 +158,39 @@ def test_a_rapid_autoattack_escalates_when_the_model_checks_doubt_gradients() ->
     assert names == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
+def test_a_rapid_check_that_fires_in_one_batch_escalates_every_batch() -> None:
+    """Without the model checks (sanity off) the masked model reaches the Square check, which
+    fools what the white-box members could not: the report says the protocol escalated and why,
+    and Square ran with all its queries on every batch (the units' escalation flag reaches the
+    pipeline)."""
+    from advtrain.attacks import AutoAttack
+    from advtrain.evaluation.plan import SanityPlan
+
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.rand(48, 1, 3, 4)
+    with torch.no_grad():  # steep, balanced classes (Square fools some at eps 0.1)
+        linear[1].weight.normal_(0, 3.0)
+        linear[1].bias.copy_(-linear(x).mean(0))
+    masked = nn.Sequential(_Quantize(), linear).eval()
+    with torch.no_grad():
+        y = masked(x).argmax(1)
+    rapid = AutoAttack(eps=0.1, version="rapid", seed=0, n_queries=500)
+    plan = EvaluationPlan(
+        threat=THREAT,
+        attacks={"aa": rapid},
+        batch_size=16,
+        sanity=SanityPlan(enabled=False),
+    )
+    out = run_evaluation(masked, x, y, plan)
+    sections = report_sections(out, plan)
+    protocol = sections["attacks"]["aa"]["protocol"]
+    assert protocol["escalated"], protocol
+    assert "Square check" in protocol["reason"]
+    members = {m["name"]: m["correct_after"] for m in sections["attacks"]["aa"]["members"]}
+    assert members["square"] <= members["square-check"] < members["apgd-t-malt"]
+
+
 def test_a_rapid_autoattack_on_a_sound_model_reports_its_protocol() -> None:
     from advtrain.attacks import AutoAttack
     from advtrain.attacks.autoattack import RAPID_NAMES
