@@ -5,12 +5,14 @@ from advtrain.callbacks.certified_evaluation import CertifiedEvaluation
 from advtrain.callbacks.free import FreeAdversarialTraining
 from advtrain.callbacks.guard import CatastrophicOverfittingGuard
 from advtrain.callbacks.preemption import RequeueOnSignal
+from advtrain.callbacks.provenance import DataProvenance
 from advtrain.callbacks.robust_evaluation import RobustEvaluation
 
 __all__ = [
     "AdversarialTraining",
     "CatastrophicOverfittingGuard",
     "CertifiedEvaluation",
+    "DataProvenance",
     "FreeAdversarialTraining",
     "RequeueOnSignal",
     "RobustEvaluation",

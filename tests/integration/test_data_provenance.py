@@ -1,0 +1,104 @@
+"""DataProvenance on outside-style code: the template's DataModule (ToTensor + Normalize,
+ConcatDataset + random_split), ``lightning`` imports, a real Trainer with checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import Dataset
+
+from advtrain.callbacks import DataProvenance
+from advtrain.provenance import Manifest, manifest_of
+
+from .outside.template_project import DigitsDataModule, DigitsLitModule, SimpleDenseNet
+from .test_callback_helpers import one_thread, trainer  # noqa: F401  (autouse fixture)
+
+
+def _fit(root: Path, dm: Any, ckpt_path: str | None = None, epochs: int = 1) -> DataProvenance:
+    L.seed_everything(0, verbose=False)
+    provenance = DataProvenance(name="digits")
+    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="last")
+    fit = trainer(
+        [provenance, checkpoint],
+        package=L,
+        max_epochs=epochs,
+        limit_train_batches=2,
+        enable_checkpointing=True,
+    )
+    # The template pickles its net into the hyper-parameters: its own checkpoint, resumed by its
+    # owner, loads with weights_only=False (Lightning's default refuses the pickled class).
+    module = DigitsLitModule(net=SimpleDenseNet())
+    fit.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
+    return provenance
+
+
+def test_the_manifest_names_the_training_split_and_goes_next_to_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    dm = DigitsDataModule(batch_size=64)
+    provenance = _fit(tmp_path / "a", dm)
+    written = Manifest.load(tmp_path / "a" / "checkpoints" / "data_manifest.json")
+    dm.setup()
+    expected = manifest_of(dm.data_train)  # the random_split subset, normalised tensors
+    assert written.root == expected.root == provenance.manifest.root  # type: ignore[union-attr]
+    assert written.size == 1257 and sum(written.class_counts.values()) == 1257
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = next(v for k, v in state["callbacks"].items() if k.startswith("DataProvenance"))
+    assert saved["merkle_root"] == written.root and saved["hashes"].shape == (1257, 32)
+    # A second run on the same data: the same manifest.
+    again = _fit(tmp_path / "b", DigitsDataModule(batch_size=64))
+    assert again.manifest.hashes == written.hashes  # type: ignore[union-attr]
+
+
+def test_resuming_on_other_data_is_refused_with_the_differing_count(tmp_path: Path) -> None:
+    _fit(tmp_path, DigitsDataModule(batch_size=64))
+    last = str(tmp_path / "checkpoints" / "last.ckpt")
+
+    class OnePixelOff(DigitsDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            super().setup(stage)
+            inner = self.data_train
+
+            class Tampered(Dataset):
+                def __len__(self) -> int:
+                    return len(inner)
+
+                def __getitem__(self, i: int) -> Any:
+                    x, y = inner[i]
+                    if i == 5:
+                        x = x.clone()
+                        x[0, 0, 0] += 1.0
+                    return x, y
+
+            self.data_train = Tampered()
+
+    with pytest.raises(L.utilities.exceptions.MisconfigurationException) as info:
+        _fit(tmp_path, OnePixelOff(batch_size=64), ckpt_path=last, epochs=2)
+    assert "1 examples differ (1 changed" in str(info.value)
+    # The same data resumes.
+    _fit(tmp_path, DigitsDataModule(batch_size=64), ckpt_path=last, epochs=2)
+
+
+def test_random_augmentations_get_a_clear_error(tmp_path: Path) -> None:
+    class Augmented(DigitsDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            super().setup(stage)
+            inner = self.data_train
+
+            class Noisy(Dataset):
+                def __len__(self) -> int:
+                    return len(inner)
+
+                def __getitem__(self, i: int) -> Any:
+                    x, y = inner[i]
+                    return x + 0.01 * torch.randn_like(x), y
+
+            self.data_train = Noisy()
+
+    with pytest.raises(L.utilities.exceptions.MisconfigurationException, match="dataset="):
+        _fit(tmp_path, Augmented(batch_size=64))
