@@ -75,6 +75,21 @@ def test_run_writes_a_complete_auditable_report(tmp_path: Path) -> None:
     assert isinstance(weights, dict) and all(isinstance(v, torch.Tensor) for v in weights.values())
     torch.load(saved["checkpoint"]["source"], weights_only=True)  # the Lightning checkpoint too
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # The training data's provenance: the manifest next to the checkpoints, its root in the
+    # report, in the checkpoint and equal to the data module's training split's.
+    from advtrain.data import DigitsDataModule
+    from advtrain.provenance import Manifest, manifest_of
+
+    manifest = Manifest.load(tmp_path / "checkpoints" / "data_manifest.json")
+    assert saved["data_provenance"]["merkle_root"] == manifest.root
+    assert saved["data_provenance"]["size"] == manifest.size == 1257
+    dm = DigitsDataModule()
+    dm.setup()
+    assert manifest_of(dm.train_set).root == manifest.root
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    (prov,) = [v for k, v in state["callbacks"].items() if k.startswith("DataProvenance")]
+    assert prov["merkle_root"] == manifest.root
+    assert manifest.root in (tmp_path / "report.md").read_text()
     curve = saved["eps_curve"]
     assert [round(p["eps"], 6) for p in curve] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
     assert curve[0]["accuracy"] == pytest.approx(saved["clean_accuracy"])

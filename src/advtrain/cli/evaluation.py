@@ -83,13 +83,15 @@ def evaluate_checkpoint(
     timings: dict[str, float],
     data_normalization: dict[str, Any] | None = None,
     trained_steps: int | None = None,
+    data_provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluates the best checkpoint on the test split and writes the report.
 
     ``data_normalization`` is the normalisation the training callback found in the training
     data (``None``: the data was in pixels): the test split is read in pixels and the model seen
     through it, so eps stays in pixels. ``trained_steps`` (the optimizer steps the run took) of 0
-    raises the ``untrained_model`` flag.
+    raises the ``untrained_model`` flag. ``data_provenance``: the training data's manifest
+    summary (:class:`~advtrain.callbacks.DataProvenance`), recorded in the report.
     """
     start = time.perf_counter()
     classifier, ckpt = _weights(module, checkpoint, output_dir)
@@ -133,6 +135,7 @@ def evaluate_checkpoint(
         timings=timings,
         environment=env,
         settings=settings,
+        **({"data_provenance": data_provenance} if data_provenance else {}),
     )
     write_report(report, output_dir)
     return report

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from advtrain.callbacks.preemption import REQUEUE_CHECKPOINT, RequeueOnSignal
+from advtrain.callbacks.provenance import DataProvenance
 from advtrain.callbacks.subset_evaluation import training_space
 from advtrain.checkpoints import CheckpointError, check_training_checkpoint
 from advtrain.cli.config import (
@@ -240,9 +241,18 @@ def run(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[
         timings=timings,
         data_normalization=_data_normalization(trainer),
         trained_steps=int(trainer.global_step),
+        data_provenance=_data_provenance(trainer),
     )
     print(summary_table(report, str(output_dir / "report.md")))
     return report
+
+
+def _data_provenance(trainer: Any) -> dict[str, Any] | None:
+    """The training data's manifest summary, if the run had a DataProvenance callback."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, DataProvenance):
+            return cb.summary()
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -314,6 +314,20 @@ REPORT_SCHEMA: dict[str, Any] = {
             "description": "the folder of this report (a resumed evaluation writes reports/v<k>)",
         },
         "data_sha256": _SHA256,
+        "data_provenance": {
+            "type": "object",
+            "description": "the training data (advtrain.callbacks.DataProvenance): its size, "
+            "class counts, the Merkle root of its per-example SHA-256 and the manifest file",
+            "required": ["size", "merkle_root"],
+            "properties": {
+                "name": {"type": "string"},
+                "size": _COUNT,
+                "class_counts": {"type": "object", "additionalProperties": _COUNT},
+                "merkle_root": _SHA256,
+                "hash_method": {"type": "string"},
+                "manifest": {"type": ["string", "null"]},
+            },
+        },
         "seed": {"type": "integer"},
         "timings_s": {"type": "object", "additionalProperties": _NONNEG},
         "environment": {

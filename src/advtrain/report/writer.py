@@ -368,6 +368,12 @@ def _markdown_audit(report: Mapping[str, Any]) -> list[str]:
             else ""
         )
     )
+    prov = report.get("data_provenance")
+    if prov:
+        out.append(
+            f"- training data: {prov.get('size')} examples of {_code(prov.get('name'))}, Merkle "
+            f"root {_code(prov.get('merkle_root'))}, manifest {_code(prov.get('manifest'))}"
+        )
     for key in ENVIRONMENT_KEYS:
         if key in env:
             out.append(f"- {key}: {_code(env[key])}")
