@@ -102,3 +102,40 @@ def test_random_augmentations_get_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(L.utilities.exceptions.MisconfigurationException, match="dataset="):
         _fit(tmp_path, Augmented(batch_size=64))
+
+
+def test_verify_data_locates_a_flipped_pixel_and_a_dropped_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """advtrain-eval verify-data against manifests of the digits training split: the real one,
+    one written from the split with a pixel flipped in example 3, one without example 10."""
+    from torch.utils.data import TensorDataset
+
+    from advtrain.cli.evaluate import main
+    from advtrain.data import DigitsDataModule
+
+    dm = DigitsDataModule()
+    dm.setup()
+    x, y = dm.train_set.tensors  # type: ignore[union-attr]
+    manifest_of(dm.train_set).save(tmp_path / "same.json")
+    flipped = x.clone()
+    flipped[3, 0, 4, 4] = 1.0 - flipped[3, 0, 4, 4]
+    manifest_of(TensorDataset(flipped, y)).save(tmp_path / "flipped.json")
+    keep = [i for i in range(len(y)) if i != 10]
+    manifest_of(TensorDataset(x[keep], y[keep])).save(tmp_path / "dropped.json")
+
+    def verify(name: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["verify-data", str(tmp_path / name), "data=digits"])
+        captured = capsys.readouterr()
+        return int(exit_info.value.code or 0), captured.out + captured.err
+
+    code, text = verify("same.json")
+    assert code == 0 and "identical: 1257 examples" in text
+    code, text = verify("flipped.json")
+    assert code == 1 and "1 changed, 0 removed, 0 added" in text and "changed  #3:" in text
+    code, text = verify("dropped.json")
+    assert code == 1 and "0 removed, 1 added" in text and "added    #10 of the data" in text
+    (tmp_path / "bad.json").write_text("{}")
+    code, text = verify("bad.json")
+    assert code == 2 and "not an advtrain data manifest" in text

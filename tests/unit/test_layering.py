@@ -33,6 +33,7 @@ CORE = (
     "models",
     "modes",
     "normalization",
+    "provenance",
     "randomness",
     "schedules",
     "threat",

@@ -11,6 +11,7 @@ Usage::
     advtrain-eval verify outputs/ledger.jsonl [--no-files]
     advtrain-eval compare A/report.json B/report.json [--out DIR]
     advtrain-eval schema                 # prints the JSON schema of report.json
+    advtrain-eval verify-data checkpoints/data_manifest.json data=digits   # the training data?
 
 The evaluation (config ``conf/eval.yaml``) is :func:`advtrain.evaluation.run_evaluation` on the
 plan the config describes (:mod:`advtrain.cli.eval_plan`), the same pipeline and report as a
@@ -37,7 +38,8 @@ Resuming: every unit of work (one attack at one eps on one batch, one certificat
 saved in ``output_dir/eval_state`` as it finishes (:mod:`advtrain.evaluation.state`); rerunning with
 the same ``output_dir`` skips finished units and ends with the same numbers.
 
-Subcommands: Hydra owns the command line, so ``verify``, ``compare`` and ``schema`` are recognised
+Subcommands: Hydra owns the command line, so ``verify``, ``compare``, ``schema`` and
+``verify-data`` are recognised
 as the first argument and dispatched before Hydra sees it.
 """
 
@@ -66,6 +68,7 @@ from advtrain.cli.eval_plan import build_plan, container, threat_model
 from advtrain.cli.eval_report import assemble_report, state_fingerprint, write_config
 from advtrain.cli.schemas import check_seed
 from advtrain.cli.trust import check_config_targets
+from advtrain.cli.verify_data import verify_data_main
 from advtrain.data.base import tensors_sha256
 from advtrain.evaluation.flags import (
     WHITE_BOX_UNTRUSTED,
@@ -423,6 +426,7 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "keygen": keygen_main,
     "compare": compare_main,
     "schema": schema_main,
+    "verify-data": verify_data_main,
 }
 
 
