@@ -74,7 +74,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[st
             "certify.bounds.methods=[ibp]",
             "sanity.n_examples=16",
             "progress=false",
-            "ledger=null",
+            f"ledger={eval_dir / 'ledger.jsonl'}",
         ],
         output_dir=str(eval_dir),
     )
@@ -125,3 +125,14 @@ def test_the_two_reports_agree_on_the_same_weights(
     # the same first 24 test examples, the same clean pass
     assert trained["data_sha256"] == evaluated["data_sha256"]
     assert trained["clean_accuracy"] == evaluated["clean_accuracy"]
+    # the training data's provenance: the run's manifest, read back by advtrain-eval
+    root = trained["data_provenance"]["merkle_root"]
+    assert evaluated["data_provenance"]["merkle_root"] == root
+    assert Path(evaluated["data_provenance"]["manifest"]).name == "data_manifest.json"
+    _, folder = reports["evaluation"]
+    ledger = next(
+        d / "ledger.jsonl" for d in (folder, *folder.parents) if (d / "ledger.jsonl").is_file()
+    )
+    entry = json.loads(ledger.read_text().splitlines()[-1])
+    assert entry["summary"]["training_data_merkle_root"] == root
+    assert "data_manifest" in entry["files"]

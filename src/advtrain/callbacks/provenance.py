@@ -64,7 +64,8 @@ class DataProvenance(Callback):
 
     Args:
         manifest_path: Where to write the manifest; ``None``: ``data_manifest.json`` in the
-            first ``ModelCheckpoint``'s folder, else in the Trainer's ``default_root_dir``.
+            first ``ModelCheckpoint``'s folder, else in the Trainer's ``default_root_dir``
+            (nothing is written under ``fast_dev_run``, as Lightning writes no checkpoint).
         name: What the data is (e.g. the data config's name), recorded in the manifest.
         dataset: The dataset to hash instead of the training data loader's (e.g. the training
             split without its random augmentations).
@@ -116,8 +117,9 @@ class DataProvenance(Callback):
                 "trained on, or start a new run."
             )
         self.manifest = manifest
-        self.path = self._target(trainer)
-        if trainer.is_global_zero:
+        # fast_dev_run writes no checkpoint: no manifest next to them either
+        self.path = None if trainer.fast_dev_run else self._target(trainer)
+        if self.path is not None and trainer.is_global_zero:
             manifest.save(self.path)
 
     def summary(self) -> dict[str, Any] | None:

@@ -82,6 +82,7 @@ from advtrain.evaluation.report import report_sections
 from advtrain.evaluation.state import UnitStore
 from advtrain.evaluation.units import UnitHook, UnitRunner
 from advtrain.models.view import ClassifierView
+from advtrain.provenance import Manifest
 from advtrain.report import environment, summary_table, write_report
 from advtrain.report.folders import reserve_report_dir
 from advtrain.report.ledger import append_entry
@@ -232,6 +233,18 @@ def _store(
     return store, key
 
 
+def _training_data(cfg: DictConfig) -> dict[str, Any]:
+    """``{"data_provenance": ...}`` from a run folder's training-data manifest, if it has one
+    (``run_dir/checkpoints/data_manifest.json``, written by DataProvenance)."""
+    if not cfg.get("run_dir"):
+        return {}
+    path = Path(str(cfg.run_dir)) / "checkpoints" / "data_manifest.json"
+    if not path.is_file():
+        return {}
+    manifest = Manifest.load(path)  # a ManifestError (ValueError) for an edited file
+    return {"data_provenance": {**manifest.summary(), "manifest": str(path.resolve())}}
+
+
 def _ledger(cfg: DictConfig, report: Mapping[str, Any], files: Mapping[str, Any], key: Any) -> None:
     ledger = cfg.get("ledger")
     if not ledger:
@@ -248,6 +261,7 @@ def _ledger(cfg: DictConfig, report: Mapping[str, Any], files: Mapping[str, Any]
             "n_examples": report["n_examples"],
             "data_sha256": report["data_sha256"],
             "white_box_trustworthy": report["sanity"]["white_box_trustworthy"],
+            "training_data_merkle_root": (report.get("data_provenance") or {}).get("merkle_root"),
         },
         signing_key=key,
     )
@@ -337,6 +351,7 @@ def run(
         settings=settings,
         resume=_resume_record(store),
         report_dir=str(report_dir),
+        **_training_data(cfg),
     )
     json_path = write_report(report, report_dir, html=True)
     files = {
@@ -346,6 +361,8 @@ def run(
         "checkpoint": Path(ckpt["path"]),
         "config": config[0],
     }
+    if report.get("data_provenance"):
+        files["data_manifest"] = Path(report["data_provenance"]["manifest"])
     _ledger(cfg, report, files, key)
     return report
 
