@@ -107,6 +107,8 @@ class Recorder(pl.Callback):
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if hasattr(cb, "history"):
                 self.info["guard_history"] = cb.history
+            if type(cb).__name__ == "DataProvenance":
+                self.info["data_root"] = cb.manifest.root
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.info))
 
@@ -163,6 +165,11 @@ def test_ddp_completes_with_per_rank_data_and_random_starts(ddp_runs: Path, meth
     assert (ddp_runs / method / "summary.json").exists(), "rank zero wrote the report"
     assert r0["first_batch"] != r1["first_batch"], "each rank trains on its own shard"
     assert r0["global_step"] == r1["global_step"] > 0
+    # both ranks hashed the same training data; rank zero's manifest names it
+    from advtrain.provenance import Manifest
+
+    manifest = Manifest.load(ddp_runs / method / "checkpoints" / "data_manifest.json")
+    assert r0["data_root"] == r1["data_root"] == manifest.root and manifest.size == 1257
     # every optimizer step (each replay of Free-AT's) all-reduced the gradients
     assert r0["weights"] == r1["weights"], "the replicas stayed identical"
     # Free-AT: 4 epochs / 4 replays = 1 epoch; 629 digits per rank in batches of 32

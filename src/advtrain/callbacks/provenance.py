@@ -44,6 +44,20 @@ def _first(dataset: Any) -> list[Any]:
     return [dataset[0]]
 
 
+def _check_ranks_agree(trainer: Trainer, root: str) -> None:
+    """Under DDP every rank hashes the whole dataset: their roots must agree (a rank that reads
+    other files, or another split, would train on data the manifest does not name)."""
+    if trainer.world_size <= 1:
+        return
+    mine = torch.tensor([int(root[i : i + 8], 16) for i in range(0, 64, 8)], dtype=torch.int64)
+    roots = trainer.strategy.all_gather(mine.to(trainer.strategy.root_device))
+    if not bool((roots == roots[0]).all()):
+        raise MisconfigurationException(
+            "DataProvenance: the ranks of this run see different training data (their manifests' "
+            "Merkle roots differ); make every rank build the same dataset"
+        )
+
+
 def _packed(hashes: list[str]) -> torch.Tensor:
     """The hex digests as an ``(n, 32)`` uint8 tensor (what the checkpoint stores)."""
     raw = b"".join(bytes.fromhex(h) for h in hashes)
@@ -105,6 +119,7 @@ class DataProvenance(Callback):
                 "transforms"
             )
         manifest = manifest_of(dataset, self.name)
+        _check_ranks_agree(trainer, manifest.root)
         restored = self._restored
         if restored is not None and restored.root != manifest.root:
             change = diff(restored, manifest)
