@@ -19,7 +19,6 @@ the same weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,15 +27,12 @@ from torch import Tensor, nn
 
 from advtrain.attacks import FGSM, PGD
 from advtrain.losses import IBPLoss, TRADESLoss
-from advtrain.models import SmallCNN
 
-from .baselines import frozen, sklearn_digits, train_madry
+from .baselines import frozen, sklearn_digits, train_loop, train_madry
 
 EPS = 0.2
 N_VAL = 360
 NAMES = ("standard", "madry", "trades", "fast_at", "ibp", "masked")
-
-LossFn = Callable[[nn.Module, Tensor, Tensor, float, float], Tensor]
 
 
 class Quantize(nn.Module):
@@ -54,26 +50,6 @@ def splits(seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
         "val": (x_tr[-N_VAL:], y_tr[-N_VAL:]),
         "test": (x_te, y_te),
     }
-
-
-def _loop(x: Tensor, y: Tensor, epochs: int, loss_fn: LossFn, seed: int) -> nn.Module:
-    """Adam 1e-3, batch 64; ``loss_fn(model, xb, yb, eps_now, progress)`` per batch, eps ramped
-    linearly over the first 30% of the epochs."""
-    torch.manual_seed(seed)
-    model = SmallCNN(input_shape=(1, 8, 8), num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ramp = max(1, round(0.3 * epochs))
-    for epoch in range(epochs):
-        eps_now = EPS * min(1.0, (epoch + 1) / ramp)
-        perm = torch.randperm(x.shape[0])
-        for start in range(0, x.shape[0], 64):
-            idx = perm[start : start + 64]
-            model.train()
-            loss = loss_fn(model, x[idx], y[idx], eps_now, (epoch + 1) / epochs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return model
 
 
 def _standard(model: nn.Module, x: Tensor, y: Tensor, eps: float, progress: float) -> Tensor:
@@ -106,7 +82,7 @@ def train(name: str, epochs: int, seed: int = 0) -> nn.Module:
         return frozen(train_madry(x, y, eps=EPS, epochs=epochs, seed=seed))
     loss = {"standard": _standard, "trades": _trades, "fast_at": _fast_at, "ibp": _ibp}[name]
     budget = max(1, epochs // 2) if name == "standard" else epochs
-    return frozen(_loop(x, y, budget, loss, seed))
+    return frozen(train_loop(x, y, budget, loss, EPS, seed))
 
 
 def load(name: str, epochs: int, cache: str | None, seed: int = 0) -> nn.Module:

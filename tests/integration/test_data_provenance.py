@@ -3,6 +3,7 @@ ConcatDataset + random_split), ``lightning`` imports, a real Trainer with checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,53 +56,53 @@ def test_the_manifest_names_the_training_split_and_goes_next_to_the_checkpoint(
     assert again.manifest.hashes == written.hashes  # type: ignore[union-attr]
 
 
+class _Mapped(Dataset):
+    """``inner`` with ``change(i, x)`` applied to each input as it is read."""
+
+    def __init__(self, inner: Any, change: Callable[[int, torch.Tensor], torch.Tensor]) -> None:
+        self.inner, self.change = inner, change
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.inner[i]
+        return self.change(i, x), y
+
+
+def _changed_train_split(change: Callable[[int, torch.Tensor], torch.Tensor]) -> DigitsDataModule:
+    """The template's data module whose training split reads through ``change``."""
+
+    class Changed(DigitsDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            super().setup(stage)
+            self.data_train = _Mapped(self.data_train, change)
+
+    return Changed(batch_size=64)
+
+
+def _one_pixel_off(i: int, x: torch.Tensor) -> torch.Tensor:
+    if i != 5:
+        return x
+    x = x.clone()
+    x[0, 0, 0] += 1.0
+    return x
+
+
 def test_resuming_on_other_data_is_refused_with_the_differing_count(tmp_path: Path) -> None:
     _fit(tmp_path, DigitsDataModule(batch_size=64))
     last = str(tmp_path / "checkpoints" / "last.ckpt")
-
-    class OnePixelOff(DigitsDataModule):
-        def setup(self, stage: str | None = None) -> None:
-            super().setup(stage)
-            inner = self.data_train
-
-            class Tampered(Dataset):
-                def __len__(self) -> int:
-                    return len(inner)
-
-                def __getitem__(self, i: int) -> Any:
-                    x, y = inner[i]
-                    if i == 5:
-                        x = x.clone()
-                        x[0, 0, 0] += 1.0
-                    return x, y
-
-            self.data_train = Tampered()
-
     with pytest.raises(L.utilities.exceptions.MisconfigurationException) as info:
-        _fit(tmp_path, OnePixelOff(batch_size=64), ckpt_path=last, epochs=2)
+        _fit(tmp_path, _changed_train_split(_one_pixel_off), ckpt_path=last, epochs=2)
     assert "1 examples differ (1 changed" in str(info.value)
     # The same data resumes.
     _fit(tmp_path, DigitsDataModule(batch_size=64), ckpt_path=last, epochs=2)
 
 
 def test_random_augmentations_get_a_clear_error(tmp_path: Path) -> None:
-    class Augmented(DigitsDataModule):
-        def setup(self, stage: str | None = None) -> None:
-            super().setup(stage)
-            inner = self.data_train
-
-            class Noisy(Dataset):
-                def __len__(self) -> int:
-                    return len(inner)
-
-                def __getitem__(self, i: int) -> Any:
-                    x, y = inner[i]
-                    return x + 0.01 * torch.randn_like(x), y
-
-            self.data_train = Noisy()
-
+    noisy = _changed_train_split(lambda _, x: x + 0.01 * torch.randn_like(x))
     with pytest.raises(L.utilities.exceptions.MisconfigurationException, match="dataset="):
-        _fit(tmp_path, Augmented(batch_size=64))
+        _fit(tmp_path, noisy)
 
 
 def test_verify_data_locates_a_flipped_pixel_and_a_dropped_example(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -201,6 +201,24 @@ class Attack(SeededRandomness, ABC):
                 example's result does not depend on the batch it is in (evaluation); without,
                 from the attack's generator (training).
         """
+        if self.eps == 0:  # nothing can move; the arguments are still checked
+            return self.run_checked(model, x, y, lambda x_in, _: x_in.clone(), ids)
+        return self.run_checked(model, x, y, lambda xs, ys: self.perturb(model, xs, ys), ids)
+
+    def run_checked(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        work: Callable[[Tensor, Tensor], Tensor],
+        ids: Tensor | None = None,
+    ) -> Tensor:
+        """``work(x, y)`` under the guarantees of :meth:`__call__`, detached: the model and the
+        batch checked, autograd on (also under inference mode), the model in the attack's
+        BatchNorm mode and restored afterwards, labels as int64, per-example draws for ``ids``.
+        (:meth:`__call__` runs :meth:`perturb` this way; other entry points such as
+        :meth:`FMN.min_norm <advtrain.attacks.FMN.min_norm>` run their own work.)
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.validate(x, y)
@@ -214,8 +232,6 @@ class Attack(SeededRandomness, ABC):
                 f"ids must be an integer tensor of shape ({x.shape[0]},), one id per example"
             )
         try:
-            if self.eps == 0:
-                return x.detach().clone()
             # Attacks need autograd even when called from validation under inference mode.
             with (
                 torch.inference_mode(False),
@@ -228,10 +244,10 @@ class Attack(SeededRandomness, ABC):
                     y_in = y_in.long()
                 try:
                     with self.example_ids(ids, x.device):
-                        x_adv = self.perturb(model, x_in, y_in)
+                        out = work(x_in, y_in)
                 except RuntimeError as err:
                     raise _dtype_error(err, model, x) from None
-            return x_adv.detach()
+            return out.detach()
         finally:
             # The range belongs to this call's labels (perturb may see a subset of them, whose
             # range lies inside); a direct perturb() call later checks its own labels.

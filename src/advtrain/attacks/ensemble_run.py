@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from advtrain.attacks.objectives import cw_margin
+
 #: Fraction of the still-robust examples the rapid protocol's Square check attacks: those with the
 #: smallest DLR margin after the white-box members (at least :data:`CHECK_MIN` of them, or all).
 CHECK_FRACTION = 0.1
@@ -56,11 +58,11 @@ class EnsembleRun:
 
 def dlr_margin(logits: Tensor, y: Tensor) -> Tensor:
     """``(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)``: the margin in the scale-free units of the
-    DLR loss (Croce & Hein, ICML 2020), comparable across examples and models."""
-    top = logits.topk(min(3, logits.shape[1]), dim=1).values
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
-    return (true - other) / (top[:, 0] - top[:, -1]).clamp_min(1e-12)
+    DLR loss (Croce & Hein, ICML 2020), comparable across examples and models; as
+    :func:`~advtrain.attacks.objectives.dlr` with the opposite sign, but defined for two classes
+    too (the denominator is then the gap between the two logits)."""
+    top = logits.float().topk(min(3, logits.shape[1]), dim=1).values
+    return -cw_margin(logits, y) / (top[:, 0] - top[:, -1]).clamp_min(1e-12)
 
 
 def closest_calls(run: EnsembleRun) -> Tensor:

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack
-from advtrain.modes import BNMode, model_state_guard
+from advtrain.attacks.objectives import cross_entropy, cw_margin
+from advtrain.modes import BNMode
 from advtrain.threat import project_l1_box
 from advtrain.validation import check_positive_int
 
@@ -166,9 +167,7 @@ class FMN(Attack):
             logits = model(x + delta)
             if i == 0:
                 self.check_logits(logits, y)
-            true = logits.gather(1, y[:, None]).squeeze(1)
-            other = logits.scatter(1, y[:, None], -math.inf).amax(1)
-            loss = other - true  # > 0: misclassified
+            loss = cw_margin(logits, y)  # max_{j != y} z_j - z_y > 0: misclassified
             norm = self._norms(delta.detach())
             adv = loss.detach() > 0
             better = adv & (norm < best_norm)
@@ -186,8 +185,7 @@ class FMN(Attack):
             if searching_any:
                 (grad,) = torch.autograd.grad(loss.sum(), delta, retain_graph=ce)
             if ce:
-                target = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-                (direction,) = torch.autograd.grad(target, delta)
+                (direction,) = torch.autograd.grad(cross_entropy(logits, y).sum(), delta)
             else:
                 direction = grad
             all_found = all_found or bool(found.all())  # one host sync per step until true
@@ -227,21 +225,9 @@ class FMN(Attack):
 
         The model's mode, parameters and gradients are restored afterwards.
         """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.validate(x, y)
-        try:
-            with (
-                torch.inference_mode(False),
-                torch.enable_grad(),
-                model_state_guard(model, self.bn_mode),
-            ):
-                x_in = x.detach().clone()
-                y_in = y.detach().clone().long()
-                _, norms = self.search(model, x_in, y_in, cap=math.inf)
-        finally:
-            self._label_range = None
-        return norms.detach()
+        return self.run_checked(
+            model, x, y, lambda x_in, y_in: self.search(model, x_in, y_in, cap=math.inf)[1]
+        )
 
 
 __all__ = ["FMN"]
