@@ -22,6 +22,7 @@ from advtrain.callbacks import (
     AdversarialTraining,
     CatastrophicOverfittingGuard,
     CertifiedEvaluation,
+    DataProvenance,
     FreeAdversarialTraining,
     RequeueOnSignal,
     RobustEvaluation,
@@ -42,6 +43,7 @@ CALLBACKS = [
     CertifiedEvaluation,
     CatastrophicOverfittingGuard,
     RequeueOnSignal,
+    DataProvenance,
 ]
 
 
@@ -74,7 +76,7 @@ def test_adversarial_classifier_trains_resumes_and_keeps_lightnings_hook_rules(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[cb, last],
+        callbacks=[cb, last, DataProvenance()],
     )
     trainer.fit(module, datamodule=DigitsDataModule())
     # Lightning's own overrides check sees what the module really overrides, whatever the
@@ -84,6 +86,8 @@ def test_adversarial_classifier_trains_resumes_and_keeps_lightnings_hook_rules(
     assert not overridden("val_dataloader", module) and not overridden("configure_model", module)
     assert not overridden("predict_step", module)
     assert Path(last.best_model_path).exists()
+    assert (tmp_path / "data_manifest.json").exists(), "next to the checkpoint"
+    provenance = DataProvenance()  # the resumed run checks its data against the checkpoint's
     again = package.Trainer(
         max_epochs=2,
         limit_train_batches=3,
@@ -91,7 +95,7 @@ def test_adversarial_classifier_trains_resumes_and_keeps_lightnings_hook_rules(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[AdversarialTraining(PGD(eps=0.2, steps=2), seed=0)],
+        callbacks=[AdversarialTraining(PGD(eps=0.2, steps=2), seed=0), provenance],
     )
     again.fit(
         AdversarialClassifier(SmallCNN(width=8, hidden=32)),
@@ -99,6 +103,8 @@ def test_adversarial_classifier_trains_resumes_and_keeps_lightnings_hook_rules(
         ckpt_path=last.best_model_path,
     )
     assert again.current_epoch == 2
+    assert provenance._restored is not None and provenance.manifest is not None
+    assert provenance._restored.root == provenance.manifest.root
 
 
 HIDE = """
