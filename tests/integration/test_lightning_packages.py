@@ -89,6 +89,7 @@ def test_adversarial_classifier_trains_resumes_and_keeps_lightnings_hook_rules(
     assert (tmp_path / "data_manifest.json").exists(), "next to the checkpoint"
     provenance = DataProvenance()  # the resumed run checks its data against the checkpoint's
     again = package.Trainer(
+        default_root_dir=tmp_path,  # its checkpoints (and the manifest) not in the working folder
         max_epochs=2,
         limit_train_batches=3,
         limit_val_batches=1,
