@@ -3,9 +3,11 @@
 For each model of :mod:`scripts.bench.zoo` (standard, Madry PGD-AT, TRADES, Fast-AT, IBP-trained
 and a model with masked gradients), on 360 digits (``--split test``, the default, or ``val``: the
 validation split the protocol's settings were chosen on) at Linf eps 0.2: the robust accuracy of
-both protocols (the issue's bar: rapid at most standard + 0.3 points), whether rapid escalated,
-and the wall-clock ratio rapid / standard over interleaved pairs (median with its 95% interval;
-target <= 1/3).
+both protocols (the issue's bar: rapid at most standard + 0.3 points), whether rapid escalated
+and how far (the fraction of the still-robust examples its Square covered), the wall-clock ratio
+rapid / standard over interleaved pairs (median with its 95% interval; target <= 1/3), and the
+ratio of model work: example passes through the model, a pass with gradients counted as 3 (a
+forward and a backward), which does not depend on the machine or on per-call overheads.
 
 Example (from the repository root)::
 
@@ -31,6 +33,28 @@ from .timing import interleaved_pairs, markdown_table, print_machine, set_thread
 EPS = zoo.EPS
 
 
+class Counted(nn.Module):
+    """The model, counting example passes: 1 per example without gradients, 3 with them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.work = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.work += x.shape[0] * (3 if torch.is_grad_enabled() and x.requires_grad else 1)
+        return self.model(x)
+
+
+def work(model: nn.Module, x: Tensor, y: Tensor, version: str, queries: int) -> int:
+    """Example passes of one AutoAttack call (see :class:`Counted`)."""
+    counted = Counted(model)
+    AutoAttack(eps=EPS, version=version, seed=0, n_queries=queries)(
+        counted, x, y, ids=torch.arange(len(y))
+    )
+    return counted.work
+
+
 def reference_row(ref: object, model: nn.Module, x: Tensor, y: Tensor) -> list[object]:
     """The reference AutoAttack standard on the same model and digits: accuracy and time."""
     x_adv, wall, _, _ = run_reference(ref, model, x, y, EPS, seed=0, bs=len(y))
@@ -52,14 +76,16 @@ def compare(model: nn.Module, x: Tensor, y: Tensor, repeats: int, queries: int) 
     pairs = interleaved_pairs(lambda: run("rapid"), lambda: run("standard"), repeats, warmup=0)
     rapid, standard = out["rapid"], out["standard"]
     ratio = pairs.ratio()
+    work_ratio = work(model, x, y, "rapid", queries) / work(model, x, y, "standard", queries)
     return [
         f"{standard.clean_accuracy:.1%}",  # type: ignore[attr-defined]
         f"{standard.robust_accuracy:.1%}",  # type: ignore[attr-defined]
         f"{rapid.robust_accuracy:.1%}",  # type: ignore[attr-defined]
-        "yes" if rapid.escalated else "no",  # type: ignore[attr-defined]
+        f"{rapid.escalation_coverage:.0%}" if rapid.escalated else "no",  # type: ignore[attr-defined]
         f"{pairs.median('b'):.1f} s",
         f"{pairs.median('a'):.1f} s",
         f"{ratio} ({ratio.verdict(1 / 3)})",
+        f"{work_ratio:.2f}",
     ]
 
 
@@ -93,8 +119,9 @@ def main() -> None:
             row += reference_row(ref, model, x, y)
         rows.append(row)
         print(f"{name}: done", flush=True)
-    headers = ["model", "clean", "AA standard", "AA rapid", "escalated", "standard time"]
-    headers += ["rapid time", "rapid / standard (median, 95% CI)"]
+    headers = ["model", "clean", "AA standard", "AA rapid", "escalated (coverage)"]
+    headers += ["standard time"]
+    headers += ["rapid time", "rapid / standard (median, 95% CI)", "model work rapid / standard"]
     if ref is not None:
         headers += ["reference standard", "reference time"]
     print(markdown_table(headers, rows))

@@ -24,7 +24,14 @@ from torch import Tensor, nn
 
 from advtrain.attacks.apgd import APGD
 from advtrain.attacks.base import Attack
-from advtrain.attacks.ensemble_run import CHECK_MIN_QUERIES, EnsembleRun, closest_calls
+from advtrain.attacks.ensemble_run import (
+    CHECK_FRACTION,
+    CHECK_MIN_QUERIES,
+    ESCALATION_RINGS,
+    EnsembleRun,
+    ranked_robust,
+    ring_size,
+)
 from advtrain.modes import BNMode, model_state_guard
 from advtrain.validation import check_positive_int
 
@@ -49,7 +56,10 @@ class AutoAttackResult:
         seconds: Wall-clock time spent in each attack.
         protocol: The version that ran (``"rapid"``, ``"standard"``, ...).
         escalated: ``"rapid"`` only: its Square check fooled an example the white-box members
-            missed, so the standard members ran too.
+            missed, so Square ran with all its queries too.
+        escalation_coverage: ``"rapid"`` only: the fraction of the still-robust examples (after
+            the white-box members) that the escalation's Square covered (0 when it did not run;
+            1: all of them, as in the standard version).
     """
 
     attacks: tuple[str, ...]
@@ -59,6 +69,7 @@ class AutoAttackResult:
     seconds: dict[str, float] = field(default_factory=dict)
     protocol: str = ""
     escalated: bool = False
+    escalation_coverage: float = 0.0
 
     @property
     def n(self) -> int:
@@ -115,6 +126,7 @@ class AutoAttackResult:
             seconds={a: sum(r.seconds.get(a, 0.0) for r in results) for a in attacks},
             protocol=results[0].protocol,
             escalated=any(r.escalated for r in results),
+            escalation_coverage=max((r.escalation_coverage for r in results), default=0.0),
         )
 
 
@@ -139,11 +151,14 @@ class AutoAttack(Attack):
       of 9 by logit, then a gradient-masking check: Square (a fifth of ``n_queries``, at least
       500) on the tenth of the still-robust examples (at least 16) that the white-box members
       came closest to fooling (smallest DLR margin), where a black-box attack's extra successes
-      concentrate. If
-      Square fools any of them, a black-box attack finds what the white-box ones miss and the
-      protocol escalates to the standard version's black-box member: Square on every other
-      still-robust example (:attr:`AutoAttackResult.escalated` says so). The check set is
-      chosen within each call (batch). The standard version's other members
+      concentrate. If Square fools any of them, a black-box attack finds what the white-box ones
+      miss and the protocol escalates to the standard version's black-box member, Square with all
+      ``n_queries``, in rings of the same ranking: the closest quarter, then the next quarter,
+      then the rest, each ring only if the one before fooled an example beyond the part already
+      covered (:attr:`AutoAttackResult.escalated` and ``escalation_coverage`` say how far it
+      went; a masked model goes all the way). The ranking is made within each call (batch);
+      ``always_escalate`` skips the check's verdict (the evaluation pipeline sets it on the
+      other batches once one batch escalated). The standard version's other members
       (APGD-T on 9 targets, FAB-T) are white-box: where gradients are in doubt they add nothing,
       and where the model checks say gradients cannot be trusted the evaluation pipeline runs the
       whole standard ensemble instead (:meth:`escalated`).
@@ -171,6 +186,9 @@ class AutoAttack(Attack):
         n_queries: Square's query budget (paper: 5000).
         bn_mode: BatchNorm behaviour during the attacks (default ``"eval"``).
         verbose: Print the robust accuracy and time after each attack.
+
+    Attributes:
+        always_escalate: ``"rapid"`` only: escalate whatever the check finds.
     """
 
     supported_norms = ("linf", "l2", "l1")
@@ -213,7 +231,8 @@ class AutoAttack(Attack):
         if self.version == "rapid" and self.norm != "l1":
             # Square on the examples the white-box members came closest to fooling (where its
             # successes concentrate), with a fifth of its queries: its cost on a CPU is its
-            # sequential queries more than its batch. Escalation: Square on all the others.
+            # sequential queries more than its batch. Escalation: Square with all its queries,
+            # in rings of the same ranking.
             queries = max(CHECK_MIN_QUERIES, self.n_queries // 5)
             self.check = self._make("square", n_queries=queries)
             self.escalation = [self._make("square")]
@@ -224,6 +243,7 @@ class AutoAttack(Attack):
         )
         if self.check is not None:
             self.attack_names = RAPID_NAMES
+        self.always_escalate = False
         self.last_result: AutoAttackResult | None = None
 
     # -- configuration --------------------------------------------------------------------------
@@ -345,18 +365,14 @@ class AutoAttack(Attack):
                 attack.load_state_dict(state["attacks"][name])
 
     def escalation_attack(self) -> AutoAttack:
-        """What ``"rapid"`` escalates to where its check fired: the standard version's Square
-        (all ``n_queries``), as an ensemble of one with this one's settings."""
-        return AutoAttack(
-            eps=self.eps,
-            norm=self.norm,
-            version="custom",
-            attacks=[self._make("square")],
-            bounds=self.bounds,
-            seed=self.seed,
-            n_queries=self.n_queries,
-            bn_mode=self.bn_mode,
-        )
+        """This ``"rapid"`` protocol with ``always_escalate`` set: what runs on the batches
+        whose check did not fire once another batch's did (the white-box members run again,
+        with the same per-example draws, then the escalation's rings)."""
+        if self.check is None:
+            raise ValueError(f"only version='rapid' escalates, this is {self.version!r}")
+        forced = copy.deepcopy(self)
+        forced.always_escalate = True
+        return forced
 
     def escalated(self) -> AutoAttack:
         """The standard version with this one's settings (what ``"rapid"`` escalates to when the
@@ -429,17 +445,9 @@ class AutoAttack(Attack):
         main = members[: len(self.attacks)]
         for name, attack in main:
             self._member(run, name, attack)
-        escalated = False
+        escalated, coverage = False, 0.0
         if self.check is not None:  # "rapid": Square on the closest calls; escalate if it fools
-            sub = closest_calls(run)
-            before = int(run.robust.sum())
-            self._member(run, RAPID_NAMES[2], self.check, only=sub)
-            escalated = int(run.robust.sum()) < before
-            for name, attack in members[len(self.attacks) + 1 :]:
-                if escalated:  # all the queries on every still-robust example, as standard
-                    self._member(run, name, attack)
-                else:
-                    run.skip(name)
+            escalated, coverage = self._check_and_escalate(run)
         self.last_result = AutoAttackResult(
             attacks=self.attack_names,
             clean_correct=run.correct.to("cpu", copy=True),
@@ -448,17 +456,49 @@ class AutoAttack(Attack):
             seconds=run.seconds,
             protocol=self.version,
             escalated=escalated,
+            escalation_coverage=coverage,
         )
         # Every attack returns points inside the ball and box; projecting again could move a
         # boundary point back across the decision boundary.
         return run.x_adv
+
+    def _check_and_escalate(self, run: EnsembleRun) -> tuple[bool, float]:
+        """The rapid protocol's Square check on the closest calls, then the escalation's rings
+        (see the class docstring). Returns ``(escalated, coverage)``."""
+        check, escalation = self.check, self.escalation[0]
+        assert check is not None
+        ranked = ranked_robust(run)
+        n = ranked.numel()
+        covered = ring_size(n, CHECK_FRACTION)
+        before = int(run.robust.sum())
+        self._member(run, RAPID_NAMES[2], check, only=ranked[:covered].sort().values)
+        if n == 0 or not (self.always_escalate or int(run.robust.sum()) < before):
+            run.skip(RAPID_NAMES[3])
+            return False, 0.0
+        t0, start = time.perf_counter(), 0  # the first ring attacks the check set again
+        for fraction in ESCALATION_RINGS:
+            end = ring_size(n, fraction)
+            ring = ranked[start:end]
+            ring = ring[run.robust[ring]].sort().values
+            outer = ranked[covered:end]
+            outer_robust = int(run.robust[outer].sum())
+            self._attack(run, escalation, ring)
+            start = covered = end
+            if end == n or int(run.robust[outer].sum()) == outer_robust:
+                break  # nothing fooled beyond what was covered: the successes are inside
+        run.done(RAPID_NAMES[3], time.perf_counter() - t0)
+        return True, covered / n
 
     def _member(
         self, run: EnsembleRun, name: str, attack: Attack, only: Tensor | None = None
     ) -> None:
         """Runs one member on the still-robust examples (or those of ``only``)."""
         t0 = time.perf_counter()
-        todo = run.robust.nonzero().squeeze(1) if only is None else only
+        self._attack(run, attack, run.robust.nonzero().squeeze(1) if only is None else only)
+        run.done(name, time.perf_counter() - t0)
+
+    def _attack(self, run: EnsembleRun, attack: Attack, todo: Tensor) -> None:
+        """Runs ``attack`` on the examples ``todo`` and records what it fooled."""
         runner = self._fit_targets(attack, run.num_classes)
         if todo.numel() > 0 and runner is not None:
             call = self._call_draws  # per-example draws follow the examples into members
@@ -473,7 +513,6 @@ class AutoAttack(Attack):
                 run.x_adv[todo[fooled]] = cand[fooled]
             run.robust[todo[fooled]] = False
             run.first = False
-        run.done(name, time.perf_counter() - t0)
 
 
 __all__ = [

@@ -10,6 +10,7 @@ counts it as robust only if every attack failed on it.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -197,14 +198,13 @@ def _expand_aa(result: AutoAttackResult, idx: Tensor, n: int) -> AutoAttackResul
         out[idx] = mask
         return out
 
-    return AutoAttackResult(
-        attacks=result.attacks,
+    # dataclasses.replace keeps every other field (the protocol, how far it escalated...)
+    return dataclasses.replace(
+        result,
         clean_correct=full(result.clean_correct),
         robust_after={k: full(v) for k, v in result.robust_after.items()},
         robust=full(result.robust),
         seconds=dict(result.seconds),
-        protocol=result.protocol,
-        escalated=result.escalated,
     )
 
 

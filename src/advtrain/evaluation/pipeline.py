@@ -137,14 +137,16 @@ def _run_attack(
     eps: float,
 ) -> tuple[list[dict[str, Any]], Tensor, dict[str, Any] | None]:
     """One attack at ``eps`` on every batch. A ``"rapid"`` AutoAttack whose Square check fired on
-    some batch escalated there to the standard version's Square (all its queries); it runs on
-    every other batch too, so no example is judged by the cheap protocol alone once a black-box
-    attack is known to find what the white-box ones miss."""
+    some batch escalated there to the standard version's Square (all its queries, in rings of the
+    closest calls); the other batches run the protocol again with the escalation forced, so no
+    example is judged by the cheap protocol alone once a black-box attack is known to find what
+    the white-box ones miss."""
     attack, reason = _protocol(plan.attacks[name], out.flags)
     everything = list(range(len(out.batches)))
     results = _attack_phase(model, plan, runner, xb, (name, attack, eps, ""), everything)
     parts = [r["robust"] for r in results]
     fired = {b for b, r in enumerate(results) if r.get("escalated")}
+    coverage = [r.get("escalation_coverage", 0.0) for r in results]
     if fired:
         reason = reason or (
             f"the Square check fooled examples the white-box members missed in {len(fired)} of "
@@ -154,12 +156,16 @@ def _run_attack(
         spec = (name, attack.escalation_attack(), eps, "/escalated")
         for b, r in zip(rest, _attack_phase(model, plan, runner, xb, spec, rest), strict=True):
             parts[b] = parts[b] & r["robust"]
+            coverage[b] = r.get("escalation_coverage", 0.0)
             members = results[b].get("members")
-            if members and "square" in members:  # the escalation member, now run here too
-                members["square"] = members["square"] & r["robust"]
+            if members:  # the forced run's members replace the unforced ones
+                for m in members:
+                    members[m] = members[m] & r["members"][m]
     protocol = None
     if getattr(plan.attacks[name], "version", None) == "rapid":
         protocol = {"version": "rapid", "escalated": reason is not None, "reason": reason}
+        if fired:
+            protocol["escalation_coverage"] = max(coverage)
     return results, torch.cat(parts), protocol
 
 

@@ -137,6 +137,7 @@ def attack_unit(
         out["members"] = {m: detail.robust_after[m].cpu() for m in detail.attacks}
         out["member_names"] = list(detail.attacks)
         out["escalated"] = bool(detail.escalated)
+        out["escalation_coverage"] = float(detail.escalation_coverage)
     return out
 
 

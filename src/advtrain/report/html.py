@@ -16,7 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from advtrain.report.writer import ENVIRONMENT_KEYS, normalization_text, pct, result_rows
+from advtrain.report.writer import (
+    ENVIRONMENT_KEYS,
+    normalization_text,
+    pct,
+    protocol_lines,
+    result_rows,
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;
@@ -87,7 +93,8 @@ def _results(report: Mapping[str, Any]) -> str:
         rows.append(row)
         classes.append("worst" if label.startswith("worst case") else "")
     header = ["evaluation", "accuracy"] + (["correct"] if with_counts else [])
-    return _table(header, rows, classes)
+    notes = "".join(f"<li>protocol: {_e(line)}</li>" for line in protocol_lines(report))
+    return _table(header, rows, classes) + (f"<ul>{notes}</ul>" if notes else "")
 
 
 def _eps_grid(report: Mapping[str, Any]) -> str:

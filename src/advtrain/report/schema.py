@@ -185,6 +185,13 @@ REPORT_SCHEMA: dict[str, Any] = {
                             "version": {"type": "string"},
                             "escalated": {"type": "boolean"},
                             "reason": {"type": ["string", "null"]},
+                            "escalation_coverage": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": 1,
+                                "description": "largest fraction of a batch's still-robust "
+                                "examples the escalation's Square covered (its rings)",
+                            },
                         },
                     },
                     "members": {

@@ -229,6 +229,30 @@ def _code(value: Any) -> str:
     return "`" + str(value).replace("`", "'").replace("\n", " ") + "`"
 
 
+def protocol_lines(report: Mapping[str, Any]) -> list[str]:
+    """One sentence per AutoAttack whose protocol the report records (``"rapid"``): which
+    protocol ran and how far it escalated."""
+    lines = []
+    for name, entry in (report.get("attacks") or {}).items():
+        protocol = (entry or {}).get("protocol")
+        if not protocol:
+            continue
+        text = f"{name}: AutoAttack {protocol['version']}"
+        if protocol.get("escalated"):
+            text += f", escalated ({protocol.get('reason') or 'no reason recorded'}"
+            coverage = protocol.get("escalation_coverage")
+            if coverage is not None:
+                text += (
+                    f"; Square with all its queries covered {coverage:.0%} of the examples "
+                    "still robust after the white-box members"
+                )
+            text += ")"
+        else:
+            text += ", not escalated (its Square check found nothing the white-box members missed)"
+        lines.append(text)
+    return lines
+
+
 def _markdown_eps_grid(report: Mapping[str, Any]) -> list[str]:
     grid = report.get("eps_grid")
     if grid and grid.get("eps"):
@@ -410,6 +434,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     else:
         out += ["| evaluation | accuracy |", "|---|---|"]
         out += [f"| {escape_md(n)} | {pct(a)} |" for n, a, _ in rows]
+    protocols = protocol_lines(report)
+    if protocols:
+        out += [""] + [f"- protocol: {escape_md(line)}" for line in protocols]
     out += _markdown_eps_grid(report)
     out += _markdown_certified(report)
     out += _markdown_per_class(report)

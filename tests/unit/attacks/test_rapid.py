@@ -12,7 +12,7 @@ import torch
 from _square_fab_models import digits, quantized_cnn, standard_cnn
 from torch import nn
 
-from advtrain.attacks import APGD, AutoAttack
+from advtrain.attacks import APGD, Attack, AutoAttack
 from advtrain.attacks.autoattack import RAPID_NAMES
 from advtrain.attacks.malt import malt_targets
 
@@ -80,7 +80,7 @@ def test_the_masked_model_escalates_to_square_on_every_example() -> None:
     rapid = AutoAttack(eps=0.3, version="rapid", seed=0, n_queries=500)
     rapid(masked, x, y)
     result = rapid.last_result
-    assert result.escalated
+    assert result.escalated and result.escalation_coverage == 1.0, "masked: every ring ran"
     assert result.counts["square"] < result.counts["square-check"], "the full Square found more"
     standard = AutoAttack(eps=0.3, version="standard", seed=0, n_queries=500)
     standard(masked, x, y)
@@ -93,6 +93,7 @@ def test_without_a_masking_sign_the_escalation_members_do_not_run() -> None:
     rapid(standard_cnn(), x[:48], y[:48])
     result = rapid.last_result
     assert not result.escalated, "Square found nothing the white-box members missed"
+    assert result.escalation_coverage == 0.0
     assert all(result.seconds[n] == 0.0 for n in RAPID_NAMES[3:])
     assert torch.equal(result.robust_after["square"], result.robust_after["square-check"])
 
@@ -132,3 +133,64 @@ def test_the_check_set_is_the_closest_calls_by_dlr_margin() -> None:
     others[:50] = False
     others[picked] = False
     assert float(margins[picked].max()) <= float(margins[others].min())
+
+
+class _Oracle(Attack):
+    """An attack that fools exactly the examples whose id (pixel 3, times 1000) it is told to,
+    by raising the runner-up's pixel by eps, and records the ids of every call: a ground truth
+    for the escalation's ring logic."""
+
+    def __init__(self, fools: set[int]) -> None:
+        super().__init__(eps=0.1)
+        self.fools, self.calls = fools, []
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ids = (x[:, 0, 0, 3] * 1000).round().long().tolist()
+        self.calls.append(set(ids))
+        out = x.clone()
+        rows = [i for i, k in enumerate(ids) if k in self.fools]
+        out[rows, 0, 0, 1] += self.eps
+        return out
+
+
+def _ranked_linear_problem(n: int = 100) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Class 0 beats class 1 by a margin growing with the example's id (so the DLR ranking is
+    the id order); pixel 3 carries the id, which the model ignores."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(10 * torch.eye(3, 4))
+    ids = torch.arange(n, dtype=torch.float32)
+    x = torch.zeros(n, 1, 1, 4)
+    x[:, 0, 0, 0], x[:, 0, 0, 1], x[:, 0, 0, 3] = 0.5, 0.49 - 0.0008 * ids, ids / 1000
+    return model, x, torch.zeros(n, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("fools", "forced", "coverage", "rings"),
+    [
+        ({50}, False, 0.0, 0),  # the check (ids 0-15) finds nothing: no escalation
+        ({3}, False, 0.25, 1),  # found inside the check set: one ring, nothing beyond it
+        ({3, 20}, False, 0.5, 2),  # ring 1 found id 20 beyond the check set: ring 2
+        ({3, 20, 40, 90}, False, 1.0, 3),  # each ring finds one further out: to the end
+        (set(), True, 0.25, 1),  # forced (another batch escalated): the first ring at least
+    ],
+)
+def test_the_escalation_widens_in_rings_only_while_it_finds_examples_further_out(
+    fools: set[int], forced: bool, coverage: float, rings: int
+) -> None:
+    model, x, y = _ranked_linear_problem()
+    rapid = AutoAttack(eps=0.1, version="rapid", seed=0)
+    rapid.attacks = [_Oracle(set()), _Oracle(set())]  # white-box members that find nothing
+    rapid.check, rapid.escalation = _Oracle(fools), [_Oracle(fools)]
+    rapid.always_escalate = forced
+    rapid(model, x, y)
+    result = rapid.last_result
+    assert rapid.check.calls == [set(range(16))], "the check attacks the 16 closest calls"
+    assert result.escalated == (rings > 0) and result.escalation_coverage == coverage
+    calls = rapid.escalation[0].calls
+    assert len(calls) == rings
+    bounds = [0, 25, 50, 100]
+    for k, call in enumerate(calls):  # each ring: its part of the ranking, still robust
+        assert call == set(range(bounds[k], bounds[k + 1])) - (fools & set(range(16)))
+    found = {i for i in fools if i < 16} | {i for i in fools if i < bounds[rings]}
+    assert set((~result.robust).nonzero().squeeze(1).tolist()) == found

@@ -187,6 +187,7 @@ def test_a_rapid_check_that_fires_in_one_batch_escalates_every_batch() -> None:
     protocol = sections["attacks"]["aa"]["protocol"]
     assert protocol["escalated"], protocol
     assert "Square check" in protocol["reason"]
+    assert protocol["escalation_coverage"] == 1.0, "masked: the rings reach every example"
     members = {m["name"]: m["correct_after"] for m in sections["attacks"]["aa"]["members"]}
     assert members["square"] <= members["square-check"] < members["apgd-t-malt"]
 
