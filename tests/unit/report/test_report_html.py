@@ -83,3 +83,21 @@ def test_write_report_writes_all_files_and_nan_as_null(tmp_path: Path) -> None:
         assert (tmp_path / name).is_file(), name
     text = (tmp_path / "report.json").read_text()
     assert "NaN" not in text
+
+
+def test_both_pages_say_which_autoattack_protocol_ran_and_how_far_it_escalated(
+    tmp_path: Path,
+) -> None:
+    report = make_report()
+    entry = next(iter(report["attacks"].values()))
+    entry["protocol"] = {
+        "version": "rapid",
+        "escalated": True,
+        "reason": "the Square check fooled examples the white-box members missed in 1 of 2 batches",
+        "escalation_coverage": 0.25,
+    }
+    expected = "AutoAttack rapid, escalated (the Square check fooled examples"
+    assert expected in markdown(report) and expected in render_html(report, tmp_path)
+    assert "covered 25% of the examples still robust" in markdown(report)
+    entry["protocol"] = {"version": "rapid", "escalated": False, "reason": None}
+    assert "AutoAttack rapid, not escalated" in markdown(report)
